@@ -1,0 +1,114 @@
+"""Channels and their subscribers (PROTOCOL.md, "Channels").
+
+A channel springs into existence on first use and is forgotten by a sweep
+once it has had no subscribers and no use for the idle TTL. Publishing,
+delivering a frame, a heartbeat and a subscriber leaving all count as use.
+
+The registry only keeps sets; delivering bytes is the subscriber's business
+(see :mod:`rpushd.streams`). Nothing here blocks or awaits.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from rpushd.frames import Frame
+
+# ASCII only: str.isalnum() and \w would admit look-alike letters.
+_CHANNEL_NAME = re.compile(r"[A-Za-z0-9:._-]{1,191}")
+
+
+def is_valid_name(name: str) -> bool:
+    """Whether ``name`` is a legal channel name."""
+    return _CHANNEL_NAME.fullmatch(name) is not None
+
+
+class Subscriber(Protocol):
+    """Anything that can be handed a frame without awaiting."""
+
+    def deliver(self, frame: Frame) -> None: ...
+
+
+class Channel:
+    """A named set of subscribers and the time it was last used."""
+
+    __slots__ = ("name", "subscribers", "last_used")
+
+    def __init__(self, name: str, now: float) -> None:
+        self.name = name
+        self.subscribers: set[Subscriber] = set()
+        self.last_used = now
+
+
+class ChannelRegistry:
+    """Every channel the daemon holds, by name."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._channels: dict[str, Channel] = {}
+        self.subscriber_count = 0
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    def __iter__(self) -> Iterator[Channel]:
+        return iter(self._channels.values())
+
+    def get(self, name: str) -> Channel:
+        """The channel called ``name``, created if needed, marked as used."""
+        now = self._clock()
+        channel = self._channels.get(name)
+        if channel is None:
+            channel = self._channels[name] = Channel(name, now)
+        channel.last_used = now
+        return channel
+
+    def subscribe(self, channel: Channel, subscriber: Subscriber) -> None:
+        """Add ``subscriber`` to ``channel`` (one returned by :meth:`get`)."""
+        if subscriber not in channel.subscribers:
+            channel.subscribers.add(subscriber)
+            self.subscriber_count += 1
+
+    def unsubscribe(self, channel: Channel, subscriber: Subscriber) -> None:
+        """Remove ``subscriber``; leaving counts as use of the channel."""
+        if subscriber in channel.subscribers:
+            channel.subscribers.discard(subscriber)
+            self.subscriber_count -= 1
+        channel.last_used = self._clock()
+
+    def publish(self, name: str, frame: Frame) -> int:
+        """Hand ``frame`` to every subscriber of ``name``; return how many.
+
+        Subscribers must not leave the set synchronously from ``deliver``:
+        a disconnect is noticed later, from the transport's callback.
+        """
+        channel = self.get(name)
+        for subscriber in channel.subscribers:
+            subscriber.deliver(frame)
+        return len(channel.subscribers)
+
+    def touch_active(self) -> None:
+        """Mark every channel with subscribers as used (a heartbeat went out)."""
+        now = self._clock()
+        for channel in self._channels.values():
+            if channel.subscribers:
+                channel.last_used = now
+
+    def sweep(self, idle_ttl: float) -> list[str]:
+        """Forget channels with no subscribers unused for ``idle_ttl``."""
+        cutoff = self._clock() - idle_ttl
+        idle = [
+            name
+            for name, channel in self._channels.items()
+            if not channel.subscribers and channel.last_used <= cutoff
+        ]
+        for name in idle:
+            del self._channels[name]
+        return idle
+
+    def idle_seconds(self, channel: Channel) -> int:
+        """Whole seconds since ``channel`` was last used."""
+        return max(0, int(self._clock() - channel.last_used))

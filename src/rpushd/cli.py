@@ -1,0 +1,245 @@
+"""The ``rpushd`` command line.
+
+``rpushd`` alone, or ``rpushd serve``, runs the daemon from the environment.
+``rpushd dev`` is the zero-configuration quickstart. The other commands are
+tools for the people and scripts around a running daemon. Every failure is
+one line on stderr and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import shlex
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
+
+import orjson
+import uvloop
+
+from rpushd import __version__, client, config, tokens
+from rpushd.channels import is_valid_name
+from rpushd.errors import RpushdError
+from rpushd.server import Server, serve
+
+logger = logging.getLogger("rpushd.cli")
+
+DEV_CHANNEL = "demo"
+DEV_TOKEN_TTL_SECS = 24 * 3600
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the process exit status."""
+    args = _parser().parse_args(argv)
+    command = args.command or "serve"
+
+    try:
+        environ = _environment(getattr(args, "env_file", None))
+        return int(_COMMANDS[command](args, environ))
+    except RpushdError as exc:
+        print(f"rpushd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rpushd", description="Realtime push daemon.")
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "--env-file", metavar="PATH", help="read KEY=VALUE settings from PATH"
+        )
+        return sub
+
+    command("serve", "run the daemon from the environment (the default)")
+    dev = command("dev", "run a throwaway daemon with fresh secrets")
+    dev.add_argument("--listen", default=config.DEFAULT_LISTEN, metavar="IP:PORT")
+
+    token = command("token", "print a subscribe token signed with RPUSHD_SECRET")
+    token.add_argument("channel")
+    token.add_argument("--ttl", type=int, default=3600, metavar="SECONDS")
+
+    publish = command("publish", "publish a JSON message to a channel")
+    publish.add_argument("channel")
+    publish.add_argument("message", metavar="JSON")
+
+    stats = command("stats", "print the daemon's statistics")
+    mode = stats.add_mutually_exclusive_group()
+    mode.add_argument("--json", action="store_const", const="json", dest="mode")
+    mode.add_argument("--xml", action="store_const", const="xml", dest="mode")
+    stats.add_argument("--verbose", action="store_true", help="list channels")
+
+    command("secret", "print a new random secret")
+    return parser
+
+
+def _environment(env_file: str | None) -> dict[str, str]:
+    environ = dict(os.environ)
+    if env_file:
+        environ.update(config.read_env_file(env_file))
+    return environ
+
+
+# Commands.
+
+
+def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    settings = config.load(environ)
+    _configure_logging(settings)
+    return uvloop.run(serve(settings))
+
+
+def _dev(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    settings = config.load(
+        {
+            **environ,
+            "RPUSHD_LISTEN": args.listen,
+            "RPUSHD_SECRET": secrets.token_urlsafe(32),
+            "RPUSHD_PUBLISH_SECRET": secrets.token_urlsafe(32),
+        }
+    )
+    _configure_logging(settings)
+    return uvloop.run(serve(settings, ready=_print_dev_guide))
+
+
+def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    _require_channel(args.channel)
+    if args.ttl <= 0:
+        raise RpushdError("--ttl must be a positive number of seconds")
+
+    secret = config.secret_from(environ, "RPUSHD_SECRET")
+    print(tokens.mint(args.channel, secret, int(time.time()) + args.ttl))
+    return 0
+
+
+def _publish(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    _require_channel(args.channel)
+    try:
+        message = orjson.loads(args.message)
+    except orjson.JSONDecodeError:
+        raise RpushdError("the message is not valid JSON") from None
+
+    body = orjson.dumps({"channel": args.channel, "message": message})
+    reply = _privileged(environ, "POST", "/api/publish", body)
+    if reply.status != 204:
+        raise RpushdError(f"publish refused: {_describe(reply)}")
+    return 0
+
+
+def _stats(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    query = f"?mode={args.mode or 'text'}" + ("&verbose=1" if args.verbose else "")
+    reply = _privileged(environ, "GET", "/api/stats" + query, None)
+    if reply.status != 200:
+        raise RpushdError(f"stats refused: {_describe(reply)}")
+    sys.stdout.write(reply.body.decode("utf-8"))
+    if not reply.body.endswith(b"\n"):
+        sys.stdout.write("\n")
+    return 0
+
+
+def _secret(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    print(secrets.token_urlsafe(48))
+    return 0
+
+
+_COMMANDS = {
+    "serve": _serve,
+    "dev": _dev,
+    "token": _token,
+    "publish": _publish,
+    "stats": _stats,
+    "secret": _secret,
+}
+
+
+# Helpers.
+
+
+def _configure_logging(settings: config.Config) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=config.logging_level(settings),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _require_channel(name: str) -> None:
+    if not is_valid_name(name):
+        raise RpushdError(
+            f"invalid channel name {name!r}: use 1 to 191 of A-Z a-z 0-9 : - _ ."
+        )
+
+
+def _privileged(
+    environ: Mapping[str, str], method: str, path: str, body: bytes | None
+) -> client.Reply:
+    host, port = config.parse_listen(
+        environ.get("RPUSHD_LISTEN", config.DEFAULT_LISTEN)
+    )
+    secret = config.secret_from(environ, "RPUSHD_PUBLISH_SECRET")
+    return client.request(host, port, method, path, secret=secret, body=body)
+
+
+def _describe(reply: client.Reply) -> str:
+    try:
+        error = orjson.loads(reply.body).get("error", "")
+    except (orjson.JSONDecodeError, AttributeError):
+        error = ""
+    return f"HTTP {reply.status}" + (f" ({error})" if error else "")
+
+
+def _print_dev_guide(server: Server) -> None:
+    settings = server.config
+    base = f"http://{server.address}"
+    token = tokens.mint(
+        DEV_CHANNEL, settings.secret, int(time.time()) + DEV_TOKEN_TTL_SECS
+    )
+    publish_secret = settings.publish_secret.decode()
+    subscribe_body = shlex.quote(orjson.dumps({"token": token}).decode())
+    message = {"channel": DEV_CHANNEL, "message": {"hello": "world"}}
+    publish_body = shlex.quote(orjson.dumps(message).decode())
+    auth = shlex.quote(f"Authorization: Bearer {publish_secret}")
+
+    print(
+        f"""
+rpushd dev: a throwaway daemon with fresh secrets on {server.address}
+(stop it with Ctrl-C; nothing is kept)
+
+1. Subscribe to channel "{DEV_CHANNEL}" in a second terminal. Each frame is a
+   2-byte length then JSON; heartbeats are empty frames:
+
+   curl -sN --output - -X POST -H 'Content-Type: application/json' \\
+     -d {subscribe_body} \\
+     {base}/api/stream/{DEV_CHANNEL}
+
+2. Publish to it from a third terminal, and watch it arrive:
+
+   curl -s -X POST -H {auth} -H 'Content-Type: application/json' \\
+     -d {publish_body} \\
+     {base}/api/publish
+
+   or: RPUSHD_LISTEN={server.address} RPUSHD_PUBLISH_SECRET={publish_secret} \\
+     rpushd publish {DEV_CHANNEL} '{{"hello":"world"}}'
+
+3. Statistics:
+
+   curl -s -H {auth} '{base}/api/stats?verbose=1'
+
+RPUSHD_SECRET={settings.secret.decode()}
+RPUSHD_PUBLISH_SECRET={publish_secret}
+""",
+        flush=True,
+    )

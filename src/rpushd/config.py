@@ -1,0 +1,176 @@
+"""Configuration read from the environment (PROTOCOL.md, "Configuration").
+
+Values come from ``os.environ`` and, for ``--env-file``, from a file in the
+``KEY=VALUE`` format that systemd's ``EnvironmentFile=`` reads. A missing or
+invalid value raises :class:`ConfigError` naming the variable, before anything
+binds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from rpushd.errors import ConfigError
+
+DEFAULT_LISTEN = "127.0.0.1:45831"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a running daemon, validated."""
+
+    host: str
+    port: int
+    secret: bytes
+    publish_secret: bytes
+    heartbeat_secs: int = 15
+    channel_idle_ttl_secs: int = 3600
+    max_pending_bytes: int = 1024 * 1024
+    request_timeout_secs: float = 10.0
+    keepalive_timeout_secs: float = 75.0
+    shutdown_grace_secs: float = 5.0
+    log_level: str = "info"
+
+    @property
+    def listen(self) -> str:
+        """The listen address in the ``IP:PORT`` form it was given in."""
+        return format_address(self.host, self.port)
+
+
+def load(environ: Mapping[str, str]) -> Config:
+    """Build a :class:`Config` from environment variables."""
+    host, port = parse_listen(environ.get("RPUSHD_LISTEN", DEFAULT_LISTEN))
+
+    return Config(
+        host=host,
+        port=port,
+        secret=secret_from(environ, "RPUSHD_SECRET"),
+        publish_secret=secret_from(environ, "RPUSHD_PUBLISH_SECRET"),
+        heartbeat_secs=_whole(environ, "RPUSHD_HEARTBEAT_SECS", 15, 1, 86400),
+        channel_idle_ttl_secs=_whole(
+            environ, "RPUSHD_CHANNEL_IDLE_TTL_SECS", 3600, 0, 10**9
+        ),
+        max_pending_bytes=_whole(
+            environ, "RPUSHD_MAX_PENDING_BYTES", 1024 * 1024, 1024, 2**31
+        ),
+        request_timeout_secs=_whole(
+            environ, "RPUSHD_REQUEST_TIMEOUT_SECS", 10, 1, 3600
+        ),
+        keepalive_timeout_secs=_whole(
+            environ, "RPUSHD_KEEPALIVE_TIMEOUT_SECS", 75, 1, 86400
+        ),
+        shutdown_grace_secs=_whole(environ, "RPUSHD_SHUTDOWN_GRACE_SECS", 5, 0, 3600),
+        log_level=_log_level(environ),
+    )
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split ``IP:PORT`` (IPv6 as ``[::1]:PORT``) into host and port."""
+    text = value.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isascii() or not port_text.isdigit():
+        raise ConfigError(f"RPUSHD_LISTEN must be IP:PORT, got {value!r}")
+
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        family = 6
+    else:
+        family = 4
+
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(
+            f"RPUSHD_LISTEN needs a literal IP address, got {value!r}"
+        ) from None
+    if address.version != family:
+        raise ConfigError(f"RPUSHD_LISTEN: write IPv6 as [addr]:port, got {value!r}")
+
+    port = int(port_text)
+    if port > 65535:
+        raise ConfigError(f"RPUSHD_LISTEN port out of range, got {value!r}")
+    return str(address), port
+
+
+def format_address(host: str, port: int) -> str:
+    """Render a host and port as ``IP:PORT``, bracketing IPv6."""
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """Read ``KEY=VALUE`` lines the way systemd's ``EnvironmentFile=`` does.
+
+    Blank lines and lines starting with ``#`` or ``;`` are skipped, a value
+    may be wrapped in matching single or double quotes, and an optional
+    ``export`` prefix is tolerated so that shell-style files work too.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read env file {path}: {exc}") from None
+
+    values: dict[str, str] = {}
+    for number, raw_line in enumerate(text.splitlines(), start=1):
+        line = raw_line.strip()
+        if not line or line[0] in "#;":
+            continue
+
+        key, sep, value = line.partition("=")
+        key = key.removeprefix("export ").strip()
+        if not sep or not key.replace("_", "a").isalnum():
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE")
+
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+def secret_from(environ: Mapping[str, str], name: str) -> bytes:
+    """The trimmed, non-empty secret in variable ``name``."""
+    value = environ.get(name)
+    if value is None:
+        raise ConfigError(f"{name} is required")
+
+    value = value.strip()
+    if not value:
+        raise ConfigError(f"{name} must not be empty")
+    return value.encode("utf-8")
+
+
+def _whole(
+    environ: Mapping[str, str], name: str, default: int, low: int, high: int
+) -> int:
+    value = environ.get(name)
+    if value is None:
+        return default
+
+    text = value.strip()
+    if not text.isascii() or not text.isdigit():
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+
+    number = int(text)
+    if not low <= number <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {number}")
+    return number
+
+
+def _log_level(environ: Mapping[str, str]) -> str:
+    level = environ.get("RPUSHD_LOG_LEVEL", "info").strip().lower()
+    if level not in LOG_LEVELS:
+        choices = ", ".join(LOG_LEVELS)
+        raise ConfigError(f"RPUSHD_LOG_LEVEL must be one of {choices}")
+    return level
+
+
+def logging_level(config: Config) -> int:
+    """The :mod:`logging` level for ``config.log_level``."""
+    return int(logging.getLevelName(config.log_level.upper()))

@@ -1,0 +1,304 @@
+"""One client connection: HTTP/1.1 parsed by httptools, answered in order.
+
+A connection moves through a few states::
+
+    IDLE ──first byte──▶ REQUEST ──complete──▶ IDLE (keep-alive)
+                            │                    │
+                            ├──subscribe────▶ STREAMING (until either side closes)
+                            └──refused early─▶ CLOSING (lingering close)
+
+IDLE waits at most the keep-alive timeout for a next request, REQUEST at
+most the request timeout for its headers and body (408 when it runs out).
+A request refused from its headers alone is answered at once; the
+connection then stops writing, discards what the client still sends for a
+moment and closes, so that the answer is not lost to a TCP reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from typing import cast
+
+import httptools
+
+from rpushd.endpoints import MAX_BODY_BYTES, Endpoints, OpenStream, Route
+from rpushd.hub import Hub
+from rpushd.messages import Request, Response, error_response, serialize_response
+from rpushd.streams import Stream
+
+logger = logging.getLogger("rpushd.connection")
+
+MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADER_COUNT = 100
+LINGER_SECS = 2.0
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    REQUEST = "request"
+    STREAMING = "streaming"
+    CLOSING = "closing"
+
+
+class _Stop(Exception):
+    """Raised from a parser callback to stop parsing the buffer."""
+
+
+class HttpConnection(asyncio.Protocol):
+    """Serves one TCP connection for the daemon."""
+
+    def __init__(self, hub: Hub, endpoints: Endpoints) -> None:
+        self._hub = hub
+        self._endpoints = endpoints
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser: httptools.HttpRequestParser | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._state = State.IDLE
+        self._reading_paused = False
+        self.peer = "-"
+        self.stream: Stream | None = None
+        self._url = bytearray()
+        self._headers: dict[str, str] = {}
+        self._header_bytes = 0
+        self._header_count = 0
+        self._body = bytearray()
+        self._route: Route | None = None
+        self._path = ""
+        self._query = ""
+
+    # asyncio callbacks.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing.
+        self._transport = cast(asyncio.Transport, transport)
+        self._parser = httptools.HttpRequestParser(self)
+        peername = transport.get_extra_info("peername")
+        if peername:
+            self.peer = f"{peername[0]}:{peername[1]}"
+        self._hub.connections.add(self)
+        self._arm_timer(self._hub.config.keepalive_timeout_secs)
+
+    def data_received(self, data: bytes) -> None:
+        if self._state in (State.STREAMING, State.CLOSING):
+            return
+        assert self._parser is not None
+
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(error_response(400, "protocol upgrade not supported"))
+        except httptools.HttpParserError as exc:
+            if not isinstance(exc.__context__, _Stop):
+                self._refuse(error_response(400, "malformed http request"))
+
+    def eof_received(self) -> bool:
+        # The client half-closed: no more requests will come. A stream has
+        # nothing left to read either, and HTTP clients that half-close a
+        # stream are gone for good, so close the whole connection.
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self._hub.connections.discard(self)
+        if self.stream is not None:
+            self._hub.close_stream(self.stream)
+        self._transport = None
+        self._parser = None
+
+    def pause_writing(self) -> None:
+        # A client that pipelines requests but does not read the answers
+        # must not make us buffer without end; streams bound themselves.
+        if self._state is not State.STREAMING and self._transport is not None:
+            self._transport.pause_reading()
+            self._reading_paused = True
+
+    def resume_writing(self) -> None:
+        if self._reading_paused and self._transport is not None:
+            self._transport.resume_reading()
+            self._reading_paused = False
+
+    # httptools callbacks.
+
+    def on_message_begin(self) -> None:
+        self._reset_request()
+        self._state = State.REQUEST
+        self._arm_timer(self._hub.config.request_timeout_secs)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value))
+        self._header_count += 1
+        if self._header_count > MAX_HEADER_COUNT:
+            self._refuse(error_response(431, "too many header fields"))
+            raise _Stop
+
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        if key in self._headers and key not in ("authorization", "content-type"):
+            self._headers[key] += ", " + text
+        elif key in self._headers:
+            # Two credentials or two body types: ambiguous, so refuse both.
+            self._headers[key] = ""
+        else:
+            self._headers[key] = text
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        method = self._parser.get_method().decode("ascii", "replace")
+        try:
+            url = httptools.parse_url(bytes(self._url))
+        except httptools.HttpParserInvalidURLError:
+            self._refuse(error_response(400, "malformed request target"))
+            raise _Stop from None
+        self._path = (url.path or b"").decode("latin-1")
+        self._query = (url.query or b"").decode("latin-1")
+
+        route = self._endpoints.resolve(method, self._path)
+        early = route if isinstance(route, Response) else None
+        if early is None:
+            assert isinstance(route, Route)
+            self._route = route
+            early = self._endpoints.check_head(route, self._headers)
+        if early is not None:
+            self._refuse(early)
+            raise _Stop
+
+        if self._headers.get("expect", "").lower() == "100-continue":
+            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+        if len(self._body) > MAX_BODY_BYTES:
+            self._refuse(error_response(413, "request body exceeds 16 KiB"))
+            raise _Stop
+
+    def on_message_complete(self) -> None:
+        assert self._parser is not None and self._route is not None
+        self._cancel_timer()
+        method = self._parser.get_method().decode("ascii")
+        request = Request(
+            method,
+            self._path,
+            self._query,
+            self._headers,
+            bytes(self._body),
+            self._parser.get_http_version(),
+        )
+
+        try:
+            result = self._endpoints.handle(self._route, request)
+        except Exception:
+            logger.exception("bug while answering %s %s", method, self._path)
+            result = error_response(500, "internal error", close=True)
+
+        if isinstance(result, OpenStream):
+            self._open_stream(result.channel, request.http_version)
+            raise _Stop
+
+        keep_alive = self._parser.should_keep_alive() and not result.close
+        self._write(
+            serialize_response(
+                result, keep_alive=keep_alive, head_only=method == "HEAD"
+            )
+        )
+        if not keep_alive:
+            self._close_after_writing()
+            raise _Stop
+
+        self._state = State.IDLE
+        self._reset_request()
+        self._arm_timer(self._hub.config.keepalive_timeout_secs)
+
+    # Shutdown, called by the server.
+
+    @property
+    def receiving_request(self) -> bool:
+        """Whether a request has begun but is not yet complete."""
+        return self._state is State.REQUEST
+
+    def shutdown(self) -> None:
+        """Close now if idle; a request in progress may still finish."""
+        if self._state is State.IDLE and self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection whatever its state."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    # Helpers.
+
+    def _reset_request(self) -> None:
+        self._url = bytearray()
+        self._headers = {}
+        self._header_bytes = 0
+        self._header_count = 0
+        self._body = bytearray()
+        self._route = None
+        self._path = ""
+        self._query = ""
+
+    def _count_header_bytes(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._refuse(error_response(431, "request header fields too large"))
+            raise _Stop
+
+    def _open_stream(self, channel: str, http_version: str) -> None:
+        assert self._transport is not None
+        self._state = State.STREAMING
+        self._cancel_timer()
+        self._parser = None
+        self.stream = self._hub.open_stream(
+            self._transport, channel, chunked=http_version != "1.0", peer=self.peer
+        )
+
+    def _refuse(self, response: Response) -> None:
+        """Answer a request we will not read to its end, then close."""
+        if self._state is State.CLOSING:
+            return
+        self._write(serialize_response(response, keep_alive=False))
+        self._close_after_writing()
+
+    def _close_after_writing(self) -> None:
+        # Half-close and drain for a moment: closing with unread input makes
+        # the kernel send a reset, which can destroy the answer in flight.
+        self._state = State.CLOSING
+        transport = self._transport
+        if transport is None:
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._arm_timer(LINGER_SECS, transport.close)
+        else:
+            transport.close()
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
+
+    def _arm_timer(
+        self, delay: float, callback: Callable[[], None] | None = None
+    ) -> None:
+        self._cancel_timer()
+        self._timer = self._loop.call_later(delay, callback or self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._state is State.REQUEST:
+            logger.info("closed %s: request not received in time", self.peer)
+            self._refuse(error_response(408, "request timeout"))
+        elif self._transport is not None:
+            self._transport.close()

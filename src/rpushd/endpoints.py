@@ -1,0 +1,181 @@
+"""The four endpoints of PROTOCOL.md: routing, checks and handlers.
+
+Requests are judged in two steps. :meth:`Endpoints.check_head` runs as soon
+as the headers are in, so that a stranger on a privileged endpoint, a wrong
+content type or an announced oversized body is refused before any body is
+read. :meth:`Endpoints.handle` then answers the complete request. Both are
+synchronous: publishing hands the frame to every subscriber before the 204
+is written.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from rpushd import channels, stats, tokens
+from rpushd.errors import HTTPError, InvalidToken
+from rpushd.hub import Hub
+from rpushd.messages import (
+    JSON_TYPE,
+    NO_CACHE_HEADERS,
+    Request,
+    Response,
+    error_response,
+)
+from rpushd.payloads import decode_object, encode_message
+
+logger = logging.getLogger("rpushd.endpoints")
+
+MAX_BODY_BYTES = 16 * 1024
+STREAM_PREFIX = "/api/stream/"
+TRUTHY = frozenset({"1", "true", "yes", "on"})
+HEALTHY = Response(200, b'{"status":"ok"}', JSON_TYPE)
+
+_RENDERERS = {
+    "text": (stats.render_text, stats.TEXT_TYPE),
+    "json": (stats.render_json, stats.JSON_TYPE),
+    "xml": (stats.render_xml, stats.XML_TYPE),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Which endpoint a request is for, and what it demands."""
+
+    endpoint: str
+    privileged: bool = False
+    takes_body: bool = False
+    channel: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenStream:
+    """The answer to a valid subscribe request: start streaming ``channel``."""
+
+    channel: str
+
+
+_ROUTES: dict[str, tuple[Route, tuple[str, ...]]] = {
+    "/healthz": (Route("healthz"), ("GET", "HEAD")),
+    "/api/publish": (Route("publish", privileged=True, takes_body=True), ("POST",)),
+    "/api/stats": (Route("stats", privileged=True), ("GET", "HEAD")),
+}
+
+
+class Endpoints:
+    """Routes requests and answers them against one :class:`Hub`."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def resolve(self, method: str, path: str) -> Route | Response:
+        """The route for ``method`` and ``path``, or a 404 or 405 answer."""
+        found = _ROUTES.get(path)
+        if found is None and path.startswith(STREAM_PREFIX):
+            segment = path[len(STREAM_PREFIX) :]
+            if segment and "/" not in segment:
+                found = (Route("stream", takes_body=True, channel=segment), ("POST",))
+        if found is None:
+            return error_response(404, "not found")
+
+        route, methods = found
+        if method not in methods:
+            return error_response(405, "method not allowed", Allow=", ".join(methods))
+        return route
+
+    def check_head(self, route: Route, headers: dict[str, str]) -> Response | None:
+        """Refuse a request from its headers alone, or return ``None``."""
+        if route.privileged and not self._authorized(headers):
+            self.hub.counters.auth_failures_total += 1
+            logger.warning(
+                "refused %s request: missing or wrong bearer secret", route.endpoint
+            )
+            return error_response(401, "unauthorized")
+
+        if route.takes_body:
+            if not _is_json(headers.get("content-type", "")):
+                return error_response(415, "content type must be application/json")
+            length = headers.get("content-length", "0")
+            if length.isdigit() and int(length) > MAX_BODY_BYTES:
+                return error_response(413, "request body exceeds 16 KiB")
+        return None
+
+    def handle(self, route: Route, request: Request) -> Response | OpenStream:
+        """Answer a complete request."""
+        try:
+            if route.endpoint == "healthz":
+                return HEALTHY
+            if route.endpoint == "publish":
+                return self._publish(request)
+            if route.endpoint == "stats":
+                return self._stats(request)
+            return self._subscribe(route, request)
+        except HTTPError as exc:
+            return error_response(exc.status, exc.message)
+
+    # Handlers.
+
+    def _publish(self, request: Request) -> Response:
+        body = decode_object(request.body, ("channel", "message"))
+        channel = _channel_name(body["channel"])
+        payload = encode_message(body["message"])
+
+        self.hub.publish(channel, payload)
+        return Response(204)
+
+    def _stats(self, request: Request) -> Response:
+        query = dict(parse_qsl(request.query, keep_blank_values=True))
+        mode = query.get("mode", "text")
+        if mode not in _RENDERERS:
+            raise HTTPError(400, "mode must be text, json or xml")
+
+        verbose = query.get("verbose", "").lower() in TRUTHY
+        render, content_type = _RENDERERS[mode]
+        body = render(self.hub.snapshot(verbose=verbose))
+        return Response(200, body, content_type, list(NO_CACHE_HEADERS))
+
+    def _subscribe(self, route: Route, request: Request) -> OpenStream:
+        body = decode_object(request.body, ("token",))
+        token = body["token"]
+        if not isinstance(token, str):
+            raise HTTPError(422, "token must be a string")
+
+        try:
+            channel = _channel_name(unquote(route.channel, errors="strict"))
+        except UnicodeDecodeError:
+            raise HTTPError(400, "invalid channel name") from None
+
+        try:
+            tokens.verify(token, channel, (self.hub.config.secret,), int(time.time()))
+        except InvalidToken as exc:
+            self.hub.counters.refused_subscriptions_total += 1
+            logger.info("refused subscription to %s: %s", channel, exc.reason)
+            raise HTTPError(401, "invalid token") from None
+        return OpenStream(channel)
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        value = headers.get("authorization", "")
+        if not value.startswith("Bearer ") or len(value) == len("Bearer "):
+            return False
+        presented = value[len("Bearer ") :].encode("latin-1")
+        return hmac.compare_digest(presented, self.hub.config.publish_secret)
+
+
+def _channel_name(value: Any) -> str:
+    if not isinstance(value, str):
+        raise HTTPError(422, "channel must be a string")
+    if not channels.is_valid_name(value):
+        raise HTTPError(400, "invalid channel name")
+    return value
+
+
+def _is_json(content_type: str) -> bool:
+    mime = content_type.partition(";")[0].strip().lower()
+    return mime == "application/json" or (
+        mime.startswith("application/") and mime.endswith("+json")
+    )

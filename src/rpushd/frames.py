@@ -1,0 +1,62 @@
+"""Stream frames (PROTOCOL.md, "POST /api/stream/{channel}").
+
+A frame is a 2-byte big-endian length and that many bytes of payload; a
+zero-length frame is a heartbeat. Over HTTP/1.1 each frame travels as one
+chunk of the chunked transfer coding (RFC 9112, section 7.1); over HTTP/1.0
+the body is close-delimited and frames go bare.
+
+Pure functions and one sans-I/O decoder; nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+MAX_FRAME_PAYLOAD = 0xFFFF
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def encode_frame(payload: bytes) -> bytes:
+    """Prefix ``payload`` with its 2-byte big-endian length."""
+    if len(payload) > MAX_FRAME_PAYLOAD:
+        raise ValueError("frame payload exceeds 65535 bytes")
+    return len(payload).to_bytes(2, "big") + payload
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """Wrap ``data`` as one chunk of the chunked transfer coding."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class Frame:
+    """One frame, encoded once for each way a stream carries it.
+
+    The same two byte strings are handed to every subscriber of a channel,
+    so a message is encoded once however many streams receive it.
+    """
+
+    __slots__ = ("bare", "chunked")
+
+    def __init__(self, payload: bytes) -> None:
+        self.bare = encode_frame(payload)
+        self.chunked = encode_chunk(self.bare)
+
+
+HEARTBEAT = Frame(b"")
+
+
+class FrameDecoder:
+    """Split a stream body back into frame payloads; for clients and tests."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes; return the payloads of all complete frames."""
+        self._buffer += data
+        payloads = []
+        while len(self._buffer) >= 2:
+            size = int.from_bytes(self._buffer[:2], "big")
+            if len(self._buffer) < 2 + size:
+                break
+            payloads.append(bytes(self._buffer[2 : 2 + size]))
+            del self._buffer[: 2 + size]
+        return payloads
