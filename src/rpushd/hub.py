@@ -16,6 +16,7 @@ from rpushd import REPOSITORY_URL, __version__
 from rpushd.channels import ChannelRegistry
 from rpushd.config import Config
 from rpushd.frames import HEARTBEAT, Frame
+from rpushd.heartbeats import TICKS_PER_SECOND, HeartbeatWheel
 from rpushd.messages import stream_head
 from rpushd.stats import (
     ChannelFigures,
@@ -42,6 +43,8 @@ class Hub:
         self.streams: set[Stream] = set()
         self.connections: set[HttpConnection] = set()
         self.outbox = Outbox(loop)
+        self.heartbeats: HeartbeatWheel[Stream] = HeartbeatWheel(config.heartbeat_secs)
+        self._ticks = 0
         self.started_at = int(time.time())
         self._started = time.monotonic()
 
@@ -77,6 +80,7 @@ class Hub:
         )
         self.channels.subscribe(stream.channel, stream)
         self.streams.add(stream)
+        self.heartbeats.add(stream)
         self.counters.stream_connections_total += 1
         heartbeat = HEARTBEAT.chunked if chunked else HEARTBEAT.bare
         transport.write(stream_head(chunked=chunked) + heartbeat)
@@ -87,15 +91,21 @@ class Hub:
         stream.detach()
         if stream in self.streams:
             self.streams.discard(stream)
+            self.heartbeats.remove(stream)
             self.channels.unsubscribe(stream.channel, stream)
 
     # Timers.
 
-    def heartbeat(self) -> None:
-        """Send one heartbeat frame to every open stream."""
-        for stream in self.streams:
+    def heartbeat_tick(self) -> None:
+        """Send heartbeats to the streams that are due one (see heartbeats)."""
+        for stream in self.heartbeats.tick():
             stream.deliver(HEARTBEAT)
-        self.channels.touch_active()
+
+        # Heartbeats count as use of a channel; once a second is precise
+        # enough for an idle TTL counted in whole seconds.
+        self._ticks += 1
+        if self._ticks % TICKS_PER_SECOND == 0:
+            self.channels.touch_active()
 
     def sweep(self) -> None:
         """Forget channels that have been idle and empty for the TTL."""

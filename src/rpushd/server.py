@@ -18,6 +18,7 @@ from collections.abc import Callable
 from rpushd.config import Config, format_address
 from rpushd.connection import HttpConnection
 from rpushd.endpoints import Endpoints
+from rpushd.heartbeats import TICKS_PER_SECOND
 from rpushd.hub import Hub
 
 logger = logging.getLogger("rpushd.server")
@@ -55,7 +56,7 @@ class Server:
         self.address = format_address(host, port)
         logger.info("listening on %s", self.address)
 
-        self._every("heartbeat", self.config.heartbeat_secs, self.hub.heartbeat)
+        self._every("heartbeat", 1 / TICKS_PER_SECOND, self.hub.heartbeat_tick)
         sweep_every = min(
             MAX_SWEEP_INTERVAL_SECS, max(1, self.config.channel_idle_ttl_secs)
         )
