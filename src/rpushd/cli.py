@@ -13,9 +13,11 @@ import logging
 import os
 import secrets
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 import orjson
@@ -201,6 +203,16 @@ def _describe(reply: client.Reply) -> str:
     return f"HTTP {reply.status}" + (f" ({error})" if error else "")
 
 
+def _own_command() -> str:
+    """How to run this same rpushd again, whether or not it is on PATH."""
+    program = Path(sys.argv[0])
+    if program.name == "rpushd" and program.exists():
+        if shutil.which("rpushd") == str(program.resolve()):
+            return "rpushd"
+        return shlex.quote(str(program.resolve()))
+    return shlex.quote(sys.executable) + " -m rpushd"
+
+
 def _print_dev_guide(server: Server) -> None:
     settings = server.config
     base = f"http://{server.address}"
@@ -232,7 +244,7 @@ rpushd dev: a throwaway daemon with fresh secrets on {server.address}
      {base}/api/publish
 
    or: RPUSHD_LISTEN={server.address} RPUSHD_PUBLISH_SECRET={publish_secret} \\
-     rpushd publish {DEV_CHANNEL} '{{"hello":"world"}}'
+     {_own_command()} publish {DEV_CHANNEL} '{{"hello":"world"}}'
 
 3. Statistics:
 
