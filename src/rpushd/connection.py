@@ -50,6 +50,28 @@ class _Stop(Exception):
 class HttpConnection(asyncio.Protocol):
     """Serves one TCP connection for the daemon."""
 
+    # Thousands of these live as idle streams; slots keep each one small.
+    __slots__ = (
+        "_hub",
+        "_endpoints",
+        "_loop",
+        "_transport",
+        "_parser",
+        "_timer",
+        "_state",
+        "_reading_paused",
+        "peer",
+        "stream",
+        "_url",
+        "_headers",
+        "_header_bytes",
+        "_header_count",
+        "_body",
+        "_route",
+        "_path",
+        "_query",
+    )
+
     def __init__(self, hub: Hub, endpoints: Endpoints) -> None:
         self._hub = hub
         self._endpoints = endpoints
@@ -256,6 +278,7 @@ class HttpConnection(asyncio.Protocol):
         self._state = State.STREAMING
         self._cancel_timer()
         self._parser = None
+        self._reset_request()
         self.stream = self._hub.open_stream(
             self._transport, channel, chunked=http_version != "1.0", peer=self.peer
         )
