@@ -32,7 +32,9 @@ def request(
     body: bytes | None = None,
 ) -> Reply:
     """Send one privileged request to the daemon and read the answer."""
-    headers = {"Authorization": "Bearer " + secret.decode("utf-8")}
+    # The secret goes out as its exact bytes, as curl would send it;
+    # http.client would otherwise encode a str as Latin-1.
+    headers: dict[str, str | bytes] = {"Authorization": b"Bearer " + secret}
     if body is not None:
         headers["Content-Type"] = "application/json"
 

@@ -143,7 +143,13 @@ def secret_from(environ: Mapping[str, str], name: str) -> bytes:
     value = value.strip()
     if not value:
         raise ConfigError(f"{name} must not be empty")
-    return value.encode("utf-8")
+    # os.environ carries bytes that are not UTF-8 as lone surrogates. A
+    # secret has to be typed into the application's configuration too, so
+    # refuse it here rather than guess at its bytes.
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{name} must be valid UTF-8") from None
 
 
 def _whole(

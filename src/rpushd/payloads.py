@@ -10,6 +10,7 @@ here, cheaply in the common case.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import orjson
@@ -17,6 +18,16 @@ import orjson
 from rpushd.errors import HTTPError
 
 MAX_PAYLOAD_BYTES = 65535
+
+# orjson refuses nesting past 1024 levels. The standard library's decoder,
+# used below for the exact duplicate check, stops at the interpreter's
+# recursion limit (1000 by default) instead; below orjson's depth, the
+# verdict on a document would depend on which parser saw it. Lifting the
+# limit above orjson's depth keeps one rule for every document orjson
+# accepts.
+ORJSON_MAX_DEPTH = 1024
+if sys.getrecursionlimit() < 2 * ORJSON_MAX_DEPTH:
+    sys.setrecursionlimit(2 * ORJSON_MAX_DEPTH)
 
 
 def decode_object(body: bytes, fields: tuple[str, ...]) -> dict[str, Any]:
@@ -60,10 +71,7 @@ def has_duplicate_keys(document: bytes) -> bool:
     def record(pairs: list[tuple[str, Any]]) -> None:
         reports.append(pairs)
 
-    try:
-        json.loads(document, object_pairs_hook=record)
-    except RecursionError:
-        raise HTTPError(400, "json nested too deeply") from None
+    json.loads(document, object_pairs_hook=record)
 
     keys = [key for key, _ in reports[-1]]
     return len(keys) != len(set(keys))
