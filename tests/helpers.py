@@ -88,8 +88,9 @@ class Daemon:
             except queue.Empty:
                 break
             if line is None:
-                raise AssertionError(f"daemon exited before logging {text!r}:\n"
-                                     + self.log_text())
+                raise AssertionError(
+                    f"daemon exited before logging {text!r}:\n" + self.log_text()
+                )
             if text in line:
                 return line
         raise AssertionError(f"no log line with {text!r}:\n" + self.log_text())
@@ -263,7 +264,9 @@ class Stream:
         """
         body = json.dumps({"token": token}).encode()
         version = "HTTP/1.0" if http10 else "HTTP/1.1"
-        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        extra = "".join(
+            f"{name}: {value}\r\n" for name, value in (headers or {}).items()
+        )
         request = (
             f"POST {path_prefix}/api/stream/{channel} {version}\r\n"
             f"Host: localhost\r\n{extra}"
