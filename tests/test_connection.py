@@ -295,3 +295,76 @@ def test_client_that_half_closes_after_request_still_gets_answer(
         sock.shutdown(socket.SHUT_WR)
         response = read_until_closed(sock)
     assert status_of(response) == 200
+
+
+def test_upgrade_we_do_not_speak_is_ignored_and_the_body_still_read(
+    daemon: Daemon,
+) -> None:
+    stream = daemon.subscribe("h2c")
+    body = b'{"channel":"h2c","message":"upgraded?"}'
+    response = exchange(
+        daemon,
+        b"POST /api/publish HTTP/1.1\r\nHost: x\r\n" + AUTH
+        + b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        + b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+        + b"Content-Type: application/json\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(body) + body,
+    )  # fmt: skip
+    assert response.count(b"HTTP/1.1 ") == 1
+    assert status_of(response) == 204
+    assert stream.next_message() == "upgraded?"
+
+
+def test_upgrade_header_on_a_bodiless_request_gets_one_answer(
+    daemon: Daemon,
+) -> None:
+    response = exchange(
+        daemon,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\n\r\n",
+    )
+    assert response.count(b"HTTP/1.1 ") == 1
+    assert status_of(response) == 200
+
+
+def test_header_line_that_never_ends_is_refused_before_the_timeout(
+    daemon: Daemon,
+) -> None:
+    with connect(daemon.port) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Endless: ")
+        started = time.monotonic()
+        try:
+            for _ in range(64):
+                sock.sendall(b"a" * 4096)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        response = read_until_closed(sock)
+    assert status_of(response) == 431
+    assert time.monotonic() - started < 2 * UNIT
+
+
+def test_endless_chunk_extension_is_refused_before_the_timeout(
+    daemon: Daemon,
+) -> None:
+    with connect(daemon.port) as sock:
+        sock.sendall(
+            b"POST /api/publish HTTP/1.1\r\nHost: x\r\n" + AUTH
+            + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+            + b"\r\n1;ext="
+        )  # fmt: skip
+        try:
+            for _ in range(64):
+                sock.sendall(b"e" * 4096)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        response = read_until_closed(sock)
+    assert status_of(response) == 413
+
+
+def test_fresh_connection_that_sends_nothing_gets_the_request_timeout(
+    strict_daemon: Daemon,
+) -> None:
+    with connect(strict_daemon.port) as sock:
+        started = time.monotonic()
+        assert read_until_closed(sock, timeout=5 * UNIT) == b""
+    assert time.monotonic() - started < 1.9 * UNIT

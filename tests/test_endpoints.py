@@ -113,6 +113,11 @@ def test_publish_checks_the_secret_before_the_body(
         (b'{"channel":"c","message":"\\ud800"}', "application/json", 400),
         (b'{"channel":"c","message":"\xff"}', "application/json", 400),
         (b"[" * 5000 + b"]" * 5000, "application/json", 400),
+        (
+            b'{"channel":"c","message":' + b"[" * 300 + b"]" * 300 + b"}",
+            "application/json",
+            400,
+        ),
         (b'{"channel":"c"}', "application/json", 422),
         (b'{"message":1}', "application/json", 422),
         (b"[1,2]", "application/json", 422),

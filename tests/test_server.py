@@ -78,6 +78,16 @@ def test_publish_in_flight_during_shutdown_is_finished() -> None:
         assert stream.next_message() == "in flight"
 
 
+def test_request_unfinished_after_the_grace_period_gets_503() -> None:
+    with Daemon(shutdown_grace_secs="1") as daemon, connect(daemon.port) as slow:
+        slow.sendall(b"POST /api/publish HTTP/1.1\r\nHost: x\r\n")
+        daemon.wait_for_log("listening on")
+        started = time.monotonic()
+        assert daemon.stop() == 0
+        assert time.monotonic() - started < 1.8 * UNIT
+        assert slow.recv(100).startswith(b"HTTP/1.1 503")
+
+
 def test_idle_keep_alive_connections_do_not_delay_shutdown() -> None:
     with Daemon() as daemon, connect(daemon.port) as idle:
         idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

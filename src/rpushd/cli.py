@@ -57,12 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rpushd", description="Realtime push daemon.")
     parser.add_argument("--version", action="version", version=__version__)
+    env_help = "read KEY=VALUE settings from PATH (they override the environment)"
+    parser.add_argument("--env-file", metavar="PATH", help=env_help)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
+        # SUPPRESS keeps a subcommand from resetting a top-level --env-file.
         sub.add_argument(
-            "--env-file", metavar="PATH", help="read KEY=VALUE settings from PATH"
+            "--env-file", metavar="PATH", default=argparse.SUPPRESS, help=env_help
         )
         return sub
 
@@ -72,7 +75,13 @@ def _parser() -> argparse.ArgumentParser:
 
     token = command("token", "print a subscribe token signed with RPUSHD_SECRET")
     token.add_argument("channel")
-    token.add_argument("--ttl", type=int, default=3600, metavar="SECONDS")
+    token.add_argument(
+        "--ttl",
+        type=int,
+        default=3600,
+        metavar="SECONDS",
+        help="how long the token stays valid (default: 3600)",
+    )
 
     publish = command("publish", "publish a JSON message to a channel")
     publish.add_argument("channel")
@@ -119,11 +128,12 @@ def _dev(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     _require_channel(args.channel)
-    if args.ttl <= 0:
-        raise RpushdError("--ttl must be a positive number of seconds")
+    expires_at = int(time.time()) + args.ttl
+    if args.ttl <= 0 or expires_at > tokens.U64_MAX:
+        raise RpushdError("--ttl must be a positive number of seconds, below 2^64")
 
     secret = config.secret_from(environ, "RPUSHD_SECRET")
-    print(tokens.mint(args.channel, secret, int(time.time()) + args.ttl))
+    print(tokens.mint(args.channel, secret, expires_at))
     return 0
 
 

@@ -17,6 +17,7 @@ moment and closes, so that the answer is not lost to a TCP reset.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 from collections.abc import Callable
@@ -25,8 +26,8 @@ from typing import cast
 import httptools
 
 from rpushd.endpoints import MAX_BODY_BYTES, Endpoints, OpenStream, Route
+from rpushd.http11 import Request, Response, error_response, serialize_response
 from rpushd.hub import Hub
-from rpushd.messages import Request, Response, error_response, serialize_response
 from rpushd.streams import Stream
 
 logger = logging.getLogger("rpushd.connection")
@@ -34,11 +35,16 @@ logger = logging.getLogger("rpushd.connection")
 MAX_HEADER_BYTES = 16 * 1024
 MAX_HEADER_COUNT = 100
 LINGER_SECS = 2.0
+# httptools reports a header line only once it is complete, and a chunk's
+# extensions not at all, so raw bytes are counted too: no request may take
+# more than this from the wire, whatever its framing.
+MAX_REQUEST_BYTES = MAX_HEADER_BYTES + 2 * MAX_BODY_BYTES
 
 
 class State(enum.Enum):
     IDLE = "idle"
     REQUEST = "request"
+    UNPARSED_BODY = "unparsed body"
     STREAMING = "streaming"
     CLOSING = "closing"
 
@@ -70,6 +76,9 @@ class HttpConnection(asyncio.Protocol):
         "_route",
         "_path",
         "_query",
+        "_request_bytes",
+        "_began_in_this_read",
+        "_unparsed_body_left",
     )
 
     def __init__(self, hub: Hub, endpoints: Endpoints) -> None:
@@ -91,6 +100,9 @@ class HttpConnection(asyncio.Protocol):
         self._route: Route | None = None
         self._path = ""
         self._query = ""
+        self._request_bytes = 0
+        self._began_in_this_read = False
+        self._unparsed_body_left = 0
 
     # asyncio callbacks.
 
@@ -102,20 +114,26 @@ class HttpConnection(asyncio.Protocol):
         if peername:
             self.peer = f"{peername[0]}:{peername[1]}"
         self._hub.connections.add(self)
-        self._arm_timer(self._hub.config.keepalive_timeout_secs)
+        # A new connection owes us a request as promptly as a started one.
+        self._arm_timer(self._hub.config.request_timeout_secs)
 
     def data_received(self, data: bytes) -> None:
+        if self._state is State.UNPARSED_BODY:
+            self._take_unparsed_body(data)
+            return
         if self._state in (State.STREAMING, State.CLOSING):
             return
         assert self._parser is not None
 
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._refuse(error_response(400, "protocol upgrade not supported"))
+        except httptools.HttpParserUpgrade as upgrade:
+            self._after_upgrade(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
             if not isinstance(exc.__context__, _Stop):
                 self._refuse(error_response(400, "malformed http request"))
+        else:
+            self._count_request_bytes(len(data))
 
     def eof_received(self) -> bool:
         # The client half-closed: no more requests will come. A stream has
@@ -148,6 +166,7 @@ class HttpConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._reset_request()
         self._state = State.REQUEST
+        self._began_in_this_read = True
         self._arm_timer(self._hub.config.request_timeout_secs)
 
     def on_url(self, url: bytes) -> None:
@@ -202,6 +221,21 @@ class HttpConnection(asyncio.Protocol):
             raise _Stop
 
     def on_message_complete(self) -> None:
+        assert self._parser is not None
+        if self._parser.should_upgrade():
+            # llhttp ends the message at the headers when the client asks
+            # to switch protocols; a body, if any, follows unparsed.
+            length = self._headers.get("content-length", "0")
+            self._unparsed_body_left = int(length) if length.isdigit() else 0
+            if "transfer-encoding" in self._headers:
+                self._refuse(error_response(400, "upgrade with a chunked body"))
+                raise _Stop
+            if self._unparsed_body_left:
+                self._state = State.UNPARSED_BODY
+                return
+        self._complete_request()
+
+    def _complete_request(self) -> None:
         assert self._parser is not None and self._route is not None
         self._cancel_timer()
         method = self._parser.get_method().decode("ascii")
@@ -224,7 +258,12 @@ class HttpConnection(asyncio.Protocol):
             self._open_stream(result.channel, request.http_version)
             raise _Stop
 
-        keep_alive = self._parser.should_keep_alive() and not result.close
+        # After an upgrade request the parser cannot read another request.
+        keep_alive = (
+            self._parser.should_keep_alive()
+            and not self._parser.should_upgrade()
+            and not result.close
+        )
         self._write(
             serialize_response(
                 result, keep_alive=keep_alive, head_only=method == "HEAD"
@@ -243,12 +282,20 @@ class HttpConnection(asyncio.Protocol):
     @property
     def receiving_request(self) -> bool:
         """Whether a request has begun but is not yet complete."""
-        return self._state is State.REQUEST
+        return self._state in (State.REQUEST, State.UNPARSED_BODY)
 
     def shutdown(self) -> None:
         """Close now if idle; a request in progress may still finish."""
         if self._state is State.IDLE and self._transport is not None:
             self._transport.close()
+
+    def refuse_unfinished(self) -> None:
+        """Answer 503 to a request still arriving (grace period is over)."""
+        if self.receiving_request:
+            self._refuse(error_response(503, "shutting down"))
+            # No lingering for the client's end: the daemon is exiting.
+            if self._transport is not None:
+                self._transport.close()
 
     def abort(self) -> None:
         """Drop the connection whatever its state."""
@@ -266,6 +313,43 @@ class HttpConnection(asyncio.Protocol):
         self._route = None
         self._path = ""
         self._query = ""
+
+    def _after_upgrade(self, rest: bytes) -> None:
+        """The parser stopped at a protocol switch we do not perform."""
+        if self._state is State.UNPARSED_BODY:
+            self._take_unparsed_body(rest)
+        elif self._state is State.IDLE:
+            # Answered already, without keep-alive: nothing more to read.
+            self._close_after_writing()
+
+    def _take_unparsed_body(self, data: bytes) -> None:
+        needed = self._unparsed_body_left
+        if len(self._body) + min(needed, len(data)) > MAX_BODY_BYTES:
+            self._refuse(error_response(413, "request body exceeds 16 KiB"))
+            return
+
+        self._body += data[:needed]
+        self._unparsed_body_left -= min(needed, len(data))
+        if not self._unparsed_body_left:
+            self._state = State.REQUEST
+            with contextlib.suppress(_Stop):
+                self._complete_request()
+
+    def _count_request_bytes(self, size: int) -> None:
+        # The read that began a request may also hold earlier requests, so
+        # only later reads are charged whole; the bound allows for one read.
+        if self._state is not State.REQUEST:
+            return
+        if self._began_in_this_read:
+            self._began_in_this_read = False
+            return
+
+        self._request_bytes += size
+        if self._request_bytes > MAX_REQUEST_BYTES:
+            if self._route is None:
+                self._refuse(error_response(431, "request header fields too large"))
+            else:
+                self._refuse(error_response(413, "request body exceeds 16 KiB"))
 
     def _count_header_bytes(self, size: int) -> None:
         self._header_bytes += size

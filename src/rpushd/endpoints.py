@@ -19,14 +19,14 @@ from urllib.parse import parse_qsl, unquote
 
 from rpushd import channels, stats, tokens
 from rpushd.errors import HTTPError, InvalidToken
-from rpushd.hub import Hub
-from rpushd.messages import (
+from rpushd.http11 import (
     JSON_TYPE,
     NO_CACHE_HEADERS,
     Request,
     Response,
     error_response,
 )
+from rpushd.hub import Hub
 from rpushd.payloads import decode_object, encode_message
 
 logger = logging.getLogger("rpushd.endpoints")

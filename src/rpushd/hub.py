@@ -17,7 +17,7 @@ from rpushd.channels import ChannelRegistry
 from rpushd.config import Config
 from rpushd.frames import HEARTBEAT, Frame
 from rpushd.heartbeats import TICKS_PER_SECOND, HeartbeatWheel
-from rpushd.messages import stream_head
+from rpushd.http11 import stream_head
 from rpushd.stats import (
     ChannelFigures,
     Counters,

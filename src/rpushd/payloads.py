@@ -54,7 +54,11 @@ def decode_object(body: bytes, fields: tuple[str, ...]) -> dict[str, Any]:
 
 def encode_message(message: Any) -> bytes:
     """Re-encode a published message as the compact frame payload."""
-    payload = orjson.dumps(message)
+    try:
+        payload = orjson.dumps(message)
+    except orjson.JSONEncodeError:
+        # orjson writes at most 255 levels of nesting (it reads 1024).
+        raise HTTPError(400, "message nested too deeply") from None
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise HTTPError(413, "message exceeds 65535 bytes once encoded")
     return payload

@@ -80,6 +80,7 @@ class Server:
 
         self.hub.finish_streams()
         for connection in list(connections):
+            connection.refuse_unfinished()
             connection.shutdown()
         await self._wait_until(lambda: not connections, CLOSE_WAIT_SECS)
         for connection in list(connections):
