@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rpushd.channels import ChannelRegistry, is_valid_name
-from rpushd.frames import Frame
+from rpushd.deliveries import Delivery
 
 
 class Clock:
@@ -19,13 +19,17 @@ class Clock:
 
 
 class Recorder:
-    """A subscriber that remembers every frame handed to it."""
+    """A subscriber that remembers every delivery handed to it."""
 
     def __init__(self) -> None:
-        self.frames: list[Frame] = []
+        self.frames: list[Delivery] = []
 
-    def deliver(self, frame: Frame) -> None:
-        self.frames.append(frame)
+    def deliver(self, delivery: Delivery) -> None:
+        self.frames.append(delivery)
+
+
+def message(channel: str, payload: bytes) -> Delivery:
+    return Delivery("0badcafe", 1, channel, payload, 0.0)
 
 
 @pytest.fixture
@@ -151,9 +155,9 @@ def test_publish_delivers_to_each_subscriber_exactly_once(
     subscribers = [Recorder() for _ in range(5)]
     for subscriber in subscribers:
         registry.subscribe(room, subscriber)
-    frame = Frame(b'{"a":1}')
+    frame = message("room", b'{"a":1}')
 
-    assert registry.publish("room", frame) == 5
+    assert len(registry.publish(frame).subscribers) == 5
     for subscriber in subscribers:
         assert subscriber.frames == [frame]
 
@@ -163,7 +167,7 @@ def test_publish_reaches_only_the_named_channel(registry: ChannelRegistry) -> No
     registry.subscribe(registry.get("room"), in_room)
     registry.subscribe(registry.get("hall"), in_hall)
 
-    registry.publish("room", Frame(b"1"))
+    registry.publish(message("room", b"1"))
     assert len(in_room.frames) == 1
     assert in_hall.frames == []
 
@@ -171,7 +175,7 @@ def test_publish_reaches_only_the_named_channel(registry: ChannelRegistry) -> No
 def test_publish_without_subscribers_creates_the_channel_and_reaches_none(
     registry: ChannelRegistry,
 ) -> None:
-    assert registry.publish("nobody-home", Frame(b"1")) == 0
+    assert not registry.publish(message("nobody-home", b"1")).subscribers
     assert [c.name for c in registry] == ["nobody-home"]
 
 
@@ -182,7 +186,7 @@ def test_publish_hands_every_subscriber_the_same_frame_object(
     first, second = Recorder(), Recorder()
     registry.subscribe(room, first)
     registry.subscribe(room, second)
-    registry.publish("room", Frame(b"shared"))
+    registry.publish(message("room", b"shared"))
     assert first.frames[0] is second.frames[0]
 
 
@@ -194,7 +198,7 @@ def test_sweep_drops_an_empty_channel_idle_for_exactly_the_ttl(
 ) -> None:
     registry.get("room")
     clock.now += 60
-    assert registry.sweep(60) == ["room"]
+    assert [c.name for c in registry.sweep(60)] == ["room"]
     assert len(registry) == 0
 
 
@@ -203,7 +207,7 @@ def test_sweep_keeps_an_empty_channel_idle_for_less_than_the_ttl(
 ) -> None:
     registry.get("room")
     clock.now += 59.5
-    assert registry.sweep(60) == []
+    assert [c.name for c in registry.sweep(60)] == []
     assert len(registry) == 1
 
 
@@ -213,7 +217,7 @@ def test_sweep_keeps_a_channel_with_subscribers_however_idle(
     registry.subscribe(registry.get("room"), Recorder())
     registry.get("empty")
     clock.now += 10_000
-    assert registry.sweep(60) == ["empty"]
+    assert [c.name for c in registry.sweep(60)] == ["empty"]
     assert [c.name for c in registry] == ["room"]
 
 
@@ -228,7 +232,7 @@ def test_use_restarts_the_idle_time(
     clock.now += 50
 
     if use == "publish":
-        registry.publish("room", Frame(b"1"))
+        registry.publish(message("room", b"1"))
     elif use == "get":
         registry.get("room")
     else:
@@ -236,7 +240,7 @@ def test_use_restarts_the_idle_time(
     clock.now += 50
 
     assert registry.idle_seconds(room) == 50
-    assert registry.sweep(60) == []
+    assert [c.name for c in registry.sweep(60)] == []
 
 
 def test_touch_active_marks_only_channels_with_subscribers_as_used(

@@ -16,11 +16,22 @@ import pytest
 import uvloop
 
 from helpers import UNIT
-from rpushd.channels import Channel
-from rpushd.frames import HEARTBEAT, LAST_CHUNK, Frame, FrameDecoder
+from rpushd.deliveries import Delivery
+from rpushd.frames import (
+    HEARTBEAT,
+    LAST_CHUNK,
+    PLAIN,
+    PLAIN_CHUNKED,
+    Frame,
+    FrameDecoder,
+)
 from rpushd.streams import Outbox, Stream
 
 MIB = 1024 * 1024
+
+
+def message(payload: bytes) -> Delivery:
+    return Delivery("0badcafe", 1, "room", payload, 0.0)
 
 
 class CountingTransport:
@@ -59,8 +70,7 @@ class Pair:
     ) -> Stream:
         return Stream(
             self.transport,  # type: ignore[arg-type]
-            Channel("room", 0.0),
-            chunked=chunked,
+            PLAIN_CHUNKED if chunked else PLAIN,
             outbox=outbox,
             limit=limit,
             on_overflow=self.overflowed.append,
@@ -120,14 +130,13 @@ def test_frames_delivered_in_one_iteration_leave_in_one_write(
     async def scenario() -> None:
         pair = await Pair.open()
         stream = pair.stream(Outbox(asyncio.get_running_loop()))
-        frames = [HEARTBEAT, Frame(b'{"n":1}'), Frame(b'{"n":2}')]
-
-        for frame in frames:
-            stream.deliver(frame)
+        stream.heartbeat()
+        stream.deliver(message(b'{"n":1}'))
+        stream.deliver(message(b'{"n":2}'))
         assert pair.transport.writes == []
 
         await next_iteration()
-        expected = b"".join(frame.bare for frame in frames)
+        expected = HEARTBEAT.bare + b'\x00\x07{"n":1}' + b'\x00\x07{"n":2}'
         assert pair.transport.writes == [expected]
         received = await pair.receive(len(expected))
         assert FrameDecoder().feed(received) == [b"", b'{"n":1}', b'{"n":2}']
@@ -143,8 +152,8 @@ def test_chunked_stream_sends_each_frame_as_one_chunk(
         pair = await Pair.open()
         stream = pair.stream(Outbox(asyncio.get_running_loop()), chunked=True)
 
-        stream.deliver(HEARTBEAT)
-        stream.deliver(Frame(b"hi"))
+        stream.heartbeat()
+        stream.deliver(message(b"hi"))
         await next_iteration()
 
         expected = b"2\r\n\x00\x00\r\n" + b"4\r\n\x00\x02hi\r\n"
@@ -162,9 +171,9 @@ def test_frames_delivered_in_later_iterations_leave_in_later_writes(
         pair = await Pair.open()
         stream = pair.stream(Outbox(asyncio.get_running_loop()))
 
-        stream.deliver(Frame(b"1"))
+        stream.deliver(message(b"1"))
         await next_iteration()
-        stream.deliver(Frame(b"2"))
+        stream.deliver(message(b"2"))
         await next_iteration()
 
         assert pair.transport.writes == [b"\x00\x011", b"\x00\x012"]
@@ -182,7 +191,7 @@ def test_one_outbox_flush_writes_each_stream_once(runner: asyncio.Runner) -> Non
 
         for payload in (b"a", b"b"):
             for stream in streams:
-                stream.deliver(Frame(payload))
+                stream.deliver(message(payload))
         await next_iteration()
 
         for pair in pairs:
@@ -203,13 +212,13 @@ def test_queued_bytes_past_the_limit_abort_the_stream_and_report_once(
         pair = await Pair.open()
         stream = pair.stream(Outbox(asyncio.get_running_loop()), limit=16)
 
-        stream.deliver(Frame(b"x" * 10))
+        stream.deliver(message(b"x" * 10))
         assert pair.overflowed == []
-        stream.deliver(Frame(b"y" * 10))
+        stream.deliver(message(b"y" * 10))
         assert pair.overflowed == [stream]
         assert pair.transport.is_closing()
 
-        stream.deliver(Frame(b"z"))
+        stream.deliver(message(b"z"))
         await next_iteration()
         assert pair.overflowed == [stream]
         assert pair.transport.writes == []
@@ -230,7 +239,7 @@ def test_buffered_plus_queued_bytes_past_the_limit_abort_at_flush(
         pair.transport.real.write(b"\x00" * (8 * MIB))
         assert pair.transport.get_write_buffer_size() > MIB
 
-        stream.deliver(HEARTBEAT)
+        stream.heartbeat()
         assert pair.overflowed == []
         await next_iteration()
 
@@ -248,7 +257,7 @@ def test_unsent_data_exactly_at_the_limit_is_allowed(runner: asyncio.Runner) -> 
         stream = pair.stream(Outbox(asyncio.get_running_loop()), limit=16)
 
         for _ in range(10):
-            stream.deliver(Frame(b"x" * 14))
+            stream.deliver(message(b"x" * 14))
             await next_iteration()
             await pair.receive(16)
 
@@ -268,7 +277,7 @@ def test_detached_stream_ignores_deliveries(runner: asyncio.Runner) -> None:
         stream = pair.stream(Outbox(asyncio.get_running_loop()), limit=16)
 
         stream.detach()
-        stream.deliver(Frame(b"x" * 100))
+        stream.deliver(message(b"x" * 100))
         await next_iteration()
 
         assert pair.transport.writes == []
@@ -284,7 +293,7 @@ def test_detach_drops_frames_queued_before_it(runner: asyncio.Runner) -> None:
         pair = await Pair.open()
         stream = pair.stream(Outbox(asyncio.get_running_loop()))
 
-        stream.deliver(Frame(b"queued"))
+        stream.deliver(message(b"queued"))
         stream.detach()
         await next_iteration()
 
@@ -301,7 +310,7 @@ def test_finish_writes_queued_frames_then_the_last_chunk_and_closes(
         pair = await Pair.open()
         stream = pair.stream(Outbox(asyncio.get_running_loop()), chunked=True)
 
-        stream.deliver(Frame(b"bye"))
+        stream.deliver(message(b"bye"))
         stream.finish()
 
         received = await pair.receive_until_closed()
@@ -318,7 +327,7 @@ def test_finish_of_a_bare_stream_closes_after_its_frames_without_a_chunk(
         pair = await Pair.open()
         stream = pair.stream(Outbox(asyncio.get_running_loop()), chunked=False)
 
-        stream.deliver(Frame(b"bye"))
+        stream.deliver(message(b"bye"))
         stream.finish()
 
         assert await pair.receive_until_closed() == b"\x00\x03bye"
@@ -334,7 +343,7 @@ def test_finish_twice_ends_the_body_once(runner: asyncio.Runner) -> None:
 
         stream.finish()
         stream.finish()
-        stream.deliver(Frame(b"late"))
+        stream.deliver(message(b"late"))
         await next_iteration()
 
         assert pair.transport.writes == [LAST_CHUNK]

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from rpushd.frames import Frame
+from rpushd.deliveries import Delivery
 
 # ASCII only: str.isalnum() and \w would admit look-alike letters.
 _CHANNEL_NAME = re.compile(r"[A-Za-z0-9:._-]{1,191}")
@@ -27,27 +28,39 @@ def is_valid_name(name: str) -> bool:
 
 
 class Subscriber(Protocol):
-    """Anything that can be handed a frame without awaiting."""
+    """Anything that can be handed a delivery without awaiting."""
 
-    def deliver(self, frame: Frame) -> None: ...
+    def deliver(self, delivery: Delivery) -> None: ...
 
 
 class Channel:
-    """A named set of subscribers and the time it was last used."""
+    """A named set of subscribers, its recent messages, when it was used.
 
-    __slots__ = ("name", "subscribers", "last_used")
+    ``history`` and ``lost_upto`` belong to :class:`rpushd.history.History`;
+    a new channel may have existed before (and been swept), so whatever was
+    published before it was created counts as possibly lost.
+    """
 
-    def __init__(self, name: str, now: float) -> None:
+    __slots__ = ("name", "subscribers", "last_used", "history", "lost_upto")
+
+    def __init__(self, name: str, now: float, lost_upto: int = 0) -> None:
         self.name = name
         self.subscribers: set[Subscriber] = set()
         self.last_used = now
+        self.history: deque[Delivery] = deque()
+        self.lost_upto = lost_upto
 
 
 class ChannelRegistry:
     """Every channel the daemon holds, by name."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        position: Callable[[], int] = lambda: 0,
+    ) -> None:
         self._clock = clock
+        self._position = position
         self._channels: dict[str, Channel] = {}
         self.subscriber_count = 0
 
@@ -62,7 +75,7 @@ class ChannelRegistry:
         now = self._clock()
         channel = self._channels.get(name)
         if channel is None:
-            channel = self._channels[name] = Channel(name, now)
+            channel = self._channels[name] = Channel(name, now, self._position())
         channel.last_used = now
         return channel
 
@@ -79,16 +92,16 @@ class ChannelRegistry:
             self.subscriber_count -= 1
         channel.last_used = self._clock()
 
-    def publish(self, name: str, frame: Frame) -> int:
-        """Hand ``frame`` to every subscriber of ``name``; return how many.
+    def publish(self, delivery: Delivery) -> Channel:
+        """Hand ``delivery`` to every subscriber of its channel.
 
         Subscribers must not leave the set synchronously from ``deliver``:
         a disconnect is noticed later, from the transport's callback.
         """
-        channel = self.get(name)
+        channel = self.get(delivery.channel)
         for subscriber in channel.subscribers:
-            subscriber.deliver(frame)
-        return len(channel.subscribers)
+            subscriber.deliver(delivery)
+        return channel
 
     def touch_active(self) -> None:
         """Mark every channel with subscribers as used (a heartbeat went out)."""
@@ -97,16 +110,16 @@ class ChannelRegistry:
             if channel.subscribers:
                 channel.last_used = now
 
-    def sweep(self, idle_ttl: float) -> list[str]:
+    def sweep(self, idle_ttl: float) -> list[Channel]:
         """Forget channels with no subscribers unused for ``idle_ttl``."""
         cutoff = self._clock() - idle_ttl
         idle = [
-            name
-            for name, channel in self._channels.items()
+            channel
+            for channel in self._channels.values()
             if not channel.subscribers and channel.last_used <= cutoff
         ]
-        for name in idle:
-            del self._channels[name]
+        for channel in idle:
+            del self._channels[channel.name]
         return idle
 
     def idle_seconds(self, channel: Channel) -> int:

@@ -35,6 +35,10 @@ class Config:
     keepalive_timeout_secs: float = 75.0
     shutdown_grace_secs: float = 5.0
     log_level: str = "info"
+    history_size: int = 100
+    history_ttl_secs: int = 300
+    history_max_bytes: int = 64 * 1024 * 1024
+    max_channels_per_stream: int = 32
 
     @property
     def listen(self) -> str:
@@ -66,6 +70,14 @@ def load(environ: Mapping[str, str]) -> Config:
         ),
         shutdown_grace_secs=_whole(environ, "RPUSHD_SHUTDOWN_GRACE_SECS", 5, 0, 3600),
         log_level=_log_level(environ),
+        history_size=_whole(environ, "RPUSHD_HISTORY_SIZE", 100, 0, 100_000),
+        history_ttl_secs=_whole(environ, "RPUSHD_HISTORY_TTL_SECS", 300, 1, 86400),
+        history_max_bytes=_whole(
+            environ, "RPUSHD_HISTORY_MAX_BYTES", 64 * 1024 * 1024, 0, 2**40
+        ),
+        max_channels_per_stream=_whole(
+            environ, "RPUSHD_MAX_CHANNELS_PER_STREAM", 32, 1, 1000
+        ),
     )
 
 

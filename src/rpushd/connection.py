@@ -24,11 +24,27 @@ from collections.abc import Callable
 from typing import cast
 
 import httptools
+import orjson
 
-from rpushd.endpoints import MAX_BODY_BYTES, Endpoints, OpenStream, Route
-from rpushd.http11 import Request, Response, error_response, serialize_response
+from rpushd import frames, sse, websocket
+from rpushd.endpoints import (
+    EVENTS,
+    MAX_BODY_BYTES,
+    WEBSOCKET,
+    Endpoints,
+    OpenStream,
+    Route,
+)
+from rpushd.http11 import (
+    Request,
+    Response,
+    error_response,
+    serialize_response,
+    stream_head,
+)
 from rpushd.hub import Hub
 from rpushd.streams import Stream
+from rpushd.websocket import WebSocketSession
 
 logger = logging.getLogger("rpushd.connection")
 
@@ -79,6 +95,7 @@ class HttpConnection(asyncio.Protocol):
         "_request_bytes",
         "_began_in_this_read",
         "_unparsed_body_left",
+        "_websocket",
     )
 
     def __init__(self, hub: Hub, endpoints: Endpoints) -> None:
@@ -103,6 +120,7 @@ class HttpConnection(asyncio.Protocol):
         self._request_bytes = 0
         self._began_in_this_read = False
         self._unparsed_body_left = 0
+        self._websocket: WebSocketSession | None = None
 
     # asyncio callbacks.
 
@@ -120,6 +138,9 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._state is State.UNPARSED_BODY:
             self._take_unparsed_body(data)
+            return
+        if self._state is State.STREAMING and self._websocket is not None:
+            self._websocket_received(data)
             return
         if self._state in (State.STREAMING, State.CLOSING):
             return
@@ -255,7 +276,10 @@ class HttpConnection(asyncio.Protocol):
             result = error_response(500, "internal error", close=True)
 
         if isinstance(result, OpenStream):
-            self._open_stream(result.channel, request.http_version)
+            self._open_stream(result, request)
+            raise _Stop
+        if self._route.endpoint == WEBSOCKET and result.status < 500:
+            self._refuse_websocket(result, request)
             raise _Stop
 
         # After an upgrade request the parser cannot read another request.
@@ -357,15 +381,70 @@ class HttpConnection(asyncio.Protocol):
             self._refuse(error_response(431, "request header fields too large"))
             raise _Stop
 
-    def _open_stream(self, channel: str, http_version: str) -> None:
+    def _open_stream(self, subscription: OpenStream, request: Request) -> None:
         assert self._transport is not None
+        chunked = request.http_version != "1.0"
+
+        if subscription.transport == WEBSOCKET:
+            head, switched = WebSocketSession.handshake(request.path, request.headers)
+            if not switched:
+                self._refuse(_handshake_refusal(head))
+                return
+            wire = websocket.WEBSOCKET
+            self._websocket = WebSocketSession()
+        elif subscription.transport == EVENTS:
+            preamble = sse.PREAMBLE
+            head = sse.response_head(chunked=chunked)
+            head += frames.encode_chunk(preamble) if chunked else preamble
+            wire = sse.EVENTS_CHUNKED if chunked else sse.EVENTS
+        else:
+            head = stream_head(chunked=chunked)
+            if subscription.envelope:
+                wire = frames.ENVELOPES_CHUNKED if chunked else frames.ENVELOPES
+            else:
+                wire = frames.PLAIN_CHUNKED if chunked else frames.PLAIN
+
         self._state = State.STREAMING
         self._cancel_timer()
         self._parser = None
         self._reset_request()
         self.stream = self._hub.open_stream(
-            self._transport, channel, chunked=http_version != "1.0", peer=self.peer
+            self._transport,
+            subscription.channels,
+            wire,
+            head,
+            envelope=subscription.envelope,
+            last_id=subscription.last_id,
+            peer=self.peer,
         )
+
+    def _refuse_websocket(self, refusal: Response, request: Request) -> None:
+        """Complete the handshake, then close with a code the page can read.
+
+        A browser never sees the status of a failed handshake, only that it
+        failed; a close code after a successful one tells it why.
+        """
+        head, switched = WebSocketSession.handshake(request.path, request.headers)
+        if not switched:
+            self._refuse(refusal)
+            return
+
+        code = (
+            websocket.TOKEN_REFUSED if refusal.status == 401 else websocket.BAD_REQUEST
+        )
+        reason = orjson.loads(refusal.body).get("error", "refused")
+        self._write(head + websocket.close_frame(code, reason))
+        self._close_after_writing()
+
+    def _websocket_received(self, data: bytes) -> None:
+        assert self._websocket is not None and self._transport is not None
+        reply = self._websocket.receive(data)
+        if reply:
+            self._transport.write(reply)
+        if self._websocket.closed:
+            if self.stream is not None:
+                self._hub.close_stream(self.stream)
+            self._close_after_writing()
 
     def _refuse(self, response: Response) -> None:
         """Answer a request we will not read to its end, then close."""
@@ -409,3 +488,11 @@ class HttpConnection(asyncio.Protocol):
             self._refuse(error_response(408, "request timeout"))
         elif self._transport is not None:
             self._transport.close()
+
+
+def _handshake_refusal(head: bytes) -> Response:
+    """Our own JSON error for a handshake the WebSocket library refused."""
+    status = int(head.split(b" ", 2)[1])
+    return error_response(
+        status if 400 <= status < 500 else 400, "bad websocket handshake"
+    )

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+import orjson
+
 from rpushd import channels, stats, tokens
 from rpushd.errors import HTTPError, InvalidToken
 from rpushd.http11 import (
@@ -53,17 +55,32 @@ class Route:
     channel: str = ""
 
 
+FRAMES = "frames"
+EVENTS = "events"
+WEBSOCKET = "websocket"
+
+
 @dataclass(frozen=True, slots=True)
 class OpenStream:
-    """The answer to a valid subscribe request: start streaming ``channel``."""
+    """The answer to a valid subscribe request: start streaming.
 
-    channel: str
+    ``transport`` is :data:`FRAMES`, :data:`EVENTS` or :data:`WEBSOCKET`;
+    ``envelope`` is false only for the original length-prefixed stream.
+    """
+
+    channels: tuple[str, ...]
+    transport: str = FRAMES
+    envelope: bool = False
+    last_id: str | None = None
 
 
 _ROUTES: dict[str, tuple[Route, tuple[str, ...]]] = {
     "/healthz": (Route("healthz"), ("GET", "HEAD")),
     "/api/publish": (Route("publish", privileged=True, takes_body=True), ("POST",)),
     "/api/stats": (Route("stats", privileged=True), ("GET", "HEAD")),
+    "/api/stream": (Route("stream_many", takes_body=True), ("POST",)),
+    "/api/events": (Route(EVENTS), ("GET",)),
+    "/api/ws": (Route(WEBSOCKET), ("GET",)),
 }
 
 
@@ -114,7 +131,11 @@ class Endpoints:
                 return self._publish(request)
             if route.endpoint == "stats":
                 return self._stats(request)
-            return self._subscribe(route, request)
+            if route.endpoint == "stream":
+                return self._subscribe(route, request)
+            if route.endpoint == "stream_many":
+                return self._subscribe_many(request)
+            return self._subscribe_by_query(route, request)
         except HTTPError as exc:
             return error_response(exc.status, exc.message)
 
@@ -124,8 +145,13 @@ class Endpoints:
         body = decode_object(request.body, ("channel", "message"))
         channel = _channel_name(body["channel"])
         payload = encode_message(body["message"])
+        return_id = body.get("return_id", False)
+        if not isinstance(return_id, bool):
+            raise HTTPError(422, "return_id must be true or false")
 
-        self.hub.publish(channel, payload)
+        delivery = self.hub.publish(channel, payload)
+        if return_id:
+            return Response(200, orjson.dumps({"id": delivery.id}), JSON_TYPE)
         return Response(204)
 
     def _stats(self, request: Request) -> Response:
@@ -141,22 +167,71 @@ class Endpoints:
 
     def _subscribe(self, route: Route, request: Request) -> OpenStream:
         body = decode_object(request.body, ("token",))
-        token = body["token"]
-        if not isinstance(token, str):
-            raise HTTPError(422, "token must be a string")
+        envelope = body.get("envelope", False)
+        if not isinstance(envelope, bool):
+            raise HTTPError(422, "envelope must be true or false")
+        last_id = _optional_string(body, "last_id")
+        if last_id is not None and not envelope:
+            raise HTTPError(422, "last_id needs envelope: true")
 
         try:
-            channel = _channel_name(unquote(route.channel, errors="strict"))
+            channel = unquote(route.channel, errors="strict")
         except UnicodeDecodeError:
             raise HTTPError(400, "invalid channel name") from None
+        channels = self._authorize([(channel, body["token"])])
+        return OpenStream(channels, FRAMES, envelope, last_id)
 
-        try:
-            tokens.verify(token, channel, (self.hub.config.secret,), int(time.time()))
-        except InvalidToken as exc:
-            self.hub.counters.refused_subscriptions_total += 1
-            logger.info("refused subscription to %s: %s", channel, exc.reason)
-            raise HTTPError(401, "invalid token") from None
-        return OpenStream(channel)
+    def _subscribe_many(self, request: Request) -> OpenStream:
+        body = decode_object(request.body, ("subscriptions",))
+        subscriptions = body["subscriptions"]
+        if not isinstance(subscriptions, list) or not all(
+            isinstance(item, dict) and "channel" in item and "token" in item
+            for item in subscriptions
+        ):
+            raise HTTPError(422, "subscriptions must be a list of {channel, token}")
+
+        pairs = [(item["channel"], item["token"]) for item in subscriptions]
+        last_id = _optional_string(body, "last_id")
+        return OpenStream(self._authorize(pairs), FRAMES, True, last_id)
+
+    def _subscribe_by_query(self, route: Route, request: Request) -> OpenStream:
+        # EventSource and WebSocket cannot send a body: the subscriptions
+        # come as channel=...&token=... pairs, in order.
+        query = parse_qsl(request.query, keep_blank_values=True)
+        channels = [value for key, value in query if key == "channel"]
+        tokens_given = [value for key, value in query if key == "token"]
+        if len(channels) != len(tokens_given):
+            raise HTTPError(400, "each channel needs a token")
+
+        last_ids = [value for key, value in query if key == "last_id"]
+        last_id = last_ids[-1] if last_ids else None
+        if last_id is None and route.endpoint == EVENTS:
+            last_id = request.headers.get("last-event-id") or None
+
+        authorized = self._authorize(list(zip(channels, tokens_given, strict=True)))
+        return OpenStream(authorized, route.endpoint, True, last_id)
+
+    def _authorize(self, pairs: list[tuple[Any, Any]]) -> tuple[str, ...]:
+        """Check every (channel, token) pair; return the channels, deduplicated."""
+        if not pairs:
+            raise HTTPError(400, "no channel to subscribe to")
+        if len(pairs) > self.hub.config.max_channels_per_stream:
+            raise HTTPError(400, "too many channels for one stream")
+        for _, token in pairs:
+            if not isinstance(token, str):
+                raise HTTPError(422, "token must be a string")
+        channels = [_channel_name(channel) for channel, _ in pairs]
+
+        secrets = (self.hub.config.secret,)
+        now = int(time.time())
+        for channel, (_, token) in zip(channels, pairs, strict=True):
+            try:
+                tokens.verify(token, channel, secrets, now)
+            except InvalidToken as exc:
+                self.hub.counters.refused_subscriptions_total += 1
+                logger.info("refused subscription to %s: %s", channel, exc.reason)
+                raise HTTPError(401, "invalid token") from None
+        return tuple(dict.fromkeys(channels))
 
     def _authorized(self, headers: dict[str, str]) -> bool:
         value = headers.get("authorization", "")
@@ -164,6 +239,13 @@ class Endpoints:
             return False
         presented = value[len("Bearer ") :].encode("latin-1")
         return hmac.compare_digest(presented, self.hub.config.publish_secret)
+
+
+def _optional_string(body: dict[str, Any], field: str) -> str | None:
+    value = body.get(field)
+    if value is not None and not isinstance(value, str):
+        raise HTTPError(422, f"{field} must be a string")
+    return value
 
 
 def _channel_name(value: Any) -> str:

@@ -10,6 +10,8 @@ Pure functions and one sans-I/O decoder; nothing here touches a socket.
 
 from __future__ import annotations
 
+from rpushd.deliveries import Delivery, Wire, close_envelope
+
 MAX_FRAME_PAYLOAD = 0xFFFF
 LAST_CHUNK = b"0\r\n\r\n"
 
@@ -41,6 +43,53 @@ class Frame:
 
 
 HEARTBEAT = Frame(b"")
+
+
+def chunked(wire: Wire, name: str) -> Wire:
+    """``wire`` with each item sent as one chunk (HTTP/1.1 bodies)."""
+
+    def message(delivery: Delivery) -> bytes:
+        # Through the delivery's cache: bare and chunked share one encoding.
+        return encode_chunk(delivery.encoded(wire))
+
+    def control(kind: str, envelope: bytes, item_id: str | None) -> bytes:
+        return encode_chunk(wire.control(kind, envelope, item_id))
+
+    overflow = wire.overflow
+    return Wire(
+        name,
+        message,
+        control,
+        encode_chunk(wire.heartbeat),
+        (encode_chunk(wire.goodbye) if wire.goodbye else b"") + LAST_CHUNK,
+        None if overflow is None else encode_chunk(overflow) + LAST_CHUNK,
+    )
+
+
+def _no_control(kind: str, envelope: bytes, item_id: str | None) -> bytes:
+    raise ValueError("the original stream carries no envelopes")
+
+
+def _envelope_frame(kind: str, envelope: bytes, item_id: str | None) -> bytes:
+    return encode_frame(envelope)
+
+
+# The original stream (PROTOCOL.md): bare payloads, nothing else.
+PLAIN = Wire(
+    "frames", lambda d: encode_frame(d.payload), _no_control, HEARTBEAT.bare, b"", None
+)
+PLAIN_CHUNKED = chunked(PLAIN, "frames, chunked")
+
+# The opt-in envelope stream (docs/STREAMS.md).
+ENVELOPES = Wire(
+    "envelope frames",
+    lambda d: encode_frame(d.envelope()),
+    _envelope_frame,
+    HEARTBEAT.bare,
+    encode_frame(close_envelope("shutdown")),
+    encode_frame(close_envelope("slow")),
+)
+ENVELOPES_CHUNKED = chunked(ENVELOPES, "envelope frames, chunked")
 
 
 class FrameDecoder:

@@ -1,8 +1,10 @@
-"""The daemon's shared state: channels, open streams and counters.
+"""The daemon's shared state: channels, history, open streams, counters.
 
 Endpoints call into the hub to publish and to open streams; the server's
-timers call it for heartbeats and the idle-channel sweep. Everything here
-runs on the event loop thread and never awaits.
+timers call it for heartbeats, history expiry and the idle-channel sweep.
+Everything here runs on the event loop thread and never awaits, which is
+what makes a resume exact: the replay and the switch to live happen in one
+step that no publish can fall between.
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rpushd import REPOSITORY_URL, __version__
 from rpushd.channels import ChannelRegistry
 from rpushd.config import Config
-from rpushd.frames import HEARTBEAT, Frame
+from rpushd.deliveries import Delivery, Wire, gap_envelope, hello_envelope, new_epoch
 from rpushd.heartbeats import TICKS_PER_SECOND, HeartbeatWheel
-from rpushd.http11 import stream_head
+from rpushd.history import History
 from rpushd.stats import (
     ChannelFigures,
     Counters,
@@ -38,52 +41,79 @@ class Hub:
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
-        self.channels = ChannelRegistry()
+        self.epoch = new_epoch()
+        self.position = 0
+        self.channels = ChannelRegistry(position=lambda: self.position)
+        self.history = History(
+            config.history_size, config.history_ttl_secs, config.history_max_bytes
+        )
         self.counters = Counters()
         self.streams: set[Stream] = set()
         self.connections: set[HttpConnection] = set()
         self.outbox = Outbox(loop)
         self.heartbeats: HeartbeatWheel[Stream] = HeartbeatWheel(config.heartbeat_secs)
-        self._ticks = 0
         self.started_at = int(time.time())
         self._started = time.monotonic()
+        self._ticks = 0
 
     # Publishing and subscribing.
 
-    def publish(self, channel: str, payload: bytes) -> int:
-        """Send ``payload`` to every subscriber of ``channel``; return how many."""
+    def publish(self, channel: str, payload: bytes) -> Delivery:
+        """Send ``payload`` to every subscriber of ``channel`` and hold it."""
         self.counters.publish_requests_total += 1
         self.counters.published_bytes_total += len(payload)
-        return self.channels.publish(channel, Frame(payload))
+
+        # A channel this publish creates counts as having lost what came
+        # before, not this message itself: look it up before numbering.
+        self.channels.get(channel)
+        self.position += 1
+        delivery = Delivery(
+            self.epoch, self.position, channel, payload, time.monotonic()
+        )
+        held_by = self.channels.publish(delivery)
+        self.history.record(held_by, delivery)
+        return delivery
 
     def open_stream(
         self,
         transport: asyncio.WriteTransport,
-        channel: str,
+        names: Sequence[str],
+        wire: Wire,
+        head: bytes,
         *,
-        chunked: bool,
+        envelope: bool,
+        last_id: str | None,
         peer: str,
     ) -> Stream:
-        """Answer a subscribe request and add its stream to ``channel``.
+        """Answer a subscribe request and add its stream to its channels.
 
-        The response head and the first heartbeat go out in one write, at
-        once, so the client knows the stream is live.
+        ``head`` (the response head) goes out at once with the opening: the
+        first heartbeat of an original stream, or the hello envelope, any
+        gaps and the replay of an envelope stream. The stream joins its
+        channels in the same step, so nothing published is missed or sent
+        twice.
         """
         stream = Stream(
             transport,
-            self.channels.get(channel),
-            chunked=chunked,
+            wire,
             outbox=self.outbox,
             limit=self.config.max_pending_bytes,
             on_overflow=self._stream_overflowed,
             peer=peer,
         )
-        self.channels.subscribe(stream.channel, stream)
+        stream.channels = [self.channels.get(name) for name in names]
+
+        if envelope:
+            opening = head + self._envelope_opening(stream, last_id)
+        else:
+            opening = head + wire.heartbeat
+        transport.write(opening)
+
+        for channel in stream.channels:
+            self.channels.subscribe(channel, stream)
         self.streams.add(stream)
         self.heartbeats.add(stream)
         self.counters.stream_connections_total += 1
-        heartbeat = HEARTBEAT.chunked if chunked else HEARTBEAT.bare
-        transport.write(stream_head(chunked=chunked) + heartbeat)
         return stream
 
     def close_stream(self, stream: Stream) -> None:
@@ -92,29 +122,55 @@ class Hub:
         if stream in self.streams:
             self.streams.discard(stream)
             self.heartbeats.remove(stream)
-            self.channels.unsubscribe(stream.channel, stream)
+            for channel in stream.channels:
+                self.channels.unsubscribe(channel, stream)
+
+    def _envelope_opening(self, stream: Stream, last_id: str | None) -> bytes:
+        wire = stream.wire
+        position = f"{self.epoch}-{self.position}"
+        hello = hello_envelope(self.config.heartbeat_secs, self.epoch, position)
+        parts = [wire.control("hello", hello, position)]
+        if last_id is None:
+            return b"".join(parts)
+
+        owed: list[Delivery] = []
+        for channel in stream.channels:
+            reason, held = self.history.replay(
+                channel, last_id, self.epoch, self.position
+            )
+            if reason is not None:
+                gap = gap_envelope(channel.name, reason)
+                parts.append(wire.control("gap", gap, None))
+            owed.extend(held)
+
+        owed.sort(key=lambda delivery: delivery.seq)
+        parts.extend(delivery.encoded(wire) for delivery in owed)
+        return b"".join(parts)
 
     # Timers.
 
     def heartbeat_tick(self) -> None:
         """Send heartbeats to the streams that are due one (see heartbeats)."""
         for stream in self.heartbeats.tick():
-            stream.deliver(HEARTBEAT)
+            stream.heartbeat()
 
-        # Heartbeats count as use of a channel; once a second is precise
-        # enough for an idle TTL counted in whole seconds.
+        # Heartbeats count as use of a channel, and history ages; once a
+        # second is precise enough for both.
         self._ticks += 1
         if self._ticks % TICKS_PER_SECOND == 0:
             self.channels.touch_active()
+            self.history.expire()
 
     def sweep(self) -> None:
         """Forget channels that have been idle and empty for the TTL."""
         dropped = self.channels.sweep(self.config.channel_idle_ttl_secs)
+        for channel in dropped:
+            self.history.forget(channel)
         if dropped:
             logger.info("dropped %d idle channels", len(dropped))
 
     def finish_streams(self) -> None:
-        """End every stream's body properly (the daemon is stopping)."""
+        """End every stream properly (the daemon is stopping)."""
         self.outbox.flush()
         for stream in list(self.streams):
             stream.finish()
@@ -138,6 +194,7 @@ class Hub:
             "active_stream_connections": len(self.streams),
             "active_subscribers": registry.subscriber_count,
             "memory_rss_bytes": read_rss_bytes(),
+            "history_bytes": self.history.bytes,
         }
         for name in self.counters.__slots__:
             figures[name] = getattr(self.counters, name)

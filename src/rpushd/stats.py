@@ -34,6 +34,7 @@ FIGURES = (
     ("memory_rss_bytes", "memoryRssBytes"),
     ("slow_subscriber_disconnects_total", "slowSubscriberDisconnectsTotal"),
     ("refused_subscriptions_total", "refusedSubscriptionsTotal"),
+    ("history_bytes", "historyBytes"),
 )
 
 

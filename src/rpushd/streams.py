@@ -1,14 +1,14 @@
-"""Delivering frames to open streams.
+"""Delivering to open streams.
 
-The hot path of the daemon. A published frame is already encoded (see
-:class:`rpushd.frames.Frame`); each stream appends a reference to the shared
-bytes to its own small list, and once per event-loop iteration the
-:class:`Outbox` writes each stream's list with a single call. Frames that
-arrive together therefore leave together, in one system call per stream,
-without waiting for a timer.
+The hot path of the daemon. A published message is encoded once per kind
+of stream (see :class:`rpushd.deliveries.Delivery`); each stream appends a
+reference to the shared bytes to its own small list, and once per
+event-loop iteration the :class:`Outbox` writes each stream's list with a
+single call. Items that arrive together therefore leave together, in one
+system call per stream, without waiting for a timer.
 
 Unsent data is bounded: a stream whose queued plus buffered bytes pass the
-limit is dropped, counted and logged, so that its client reconnects and
+limit is ended, counted and logged, so that its client reconnects and
 knows it may have missed something (PROTOCOL.md, "Deliberate differences").
 """
 
@@ -19,22 +19,25 @@ import logging
 from collections.abc import Callable
 
 from rpushd.channels import Channel
-from rpushd.frames import LAST_CHUNK, Frame
+from rpushd.deliveries import Delivery, Wire
 
 logger = logging.getLogger("rpushd.streams")
 
+# How long a stream ended for falling behind may take to drain its goodbye.
+OVERFLOW_LINGER_SECS = 2.0
+
 
 class Outbox:
-    """Writes every stream's queued frames once per loop iteration."""
+    """Writes every stream's queued items once per loop iteration."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
         self._waiting: list[Stream] = []
 
     def mark(self, stream: Stream) -> None:
         """Have ``stream`` flushed at the end of this loop iteration."""
         if not self._waiting:
-            self._loop.call_soon(self.flush)
+            self.loop.call_soon(self.flush)
         self._waiting.append(stream)
 
     def flush(self) -> None:
@@ -45,18 +48,17 @@ class Outbox:
 
 
 class Stream:
-    """One subscriber's open response body on one channel.
+    """One subscriber's open response, on one or more channels.
 
-    ``chunked`` says whether frames travel as HTTP/1.1 chunks or bare on a
-    close-delimited HTTP/1.0 body. ``on_overflow`` is called once when the
-    unsent data passes ``limit``, after the transport has been aborted.
+    ``wire`` says how items are encoded for it. ``on_overflow`` is called
+    once when the unsent data passes ``limit``, after the stream ended.
     """
 
     __slots__ = (
         "transport",
-        "channel",
+        "wire",
+        "channels",
         "peer",
-        "_chunked",
         "_outbox",
         "_limit",
         "_on_overflow",
@@ -68,18 +70,17 @@ class Stream:
     def __init__(
         self,
         transport: asyncio.WriteTransport,
-        channel: Channel,
+        wire: Wire,
         *,
-        chunked: bool,
         outbox: Outbox,
         limit: int,
         on_overflow: Callable[[Stream], None],
         peer: str = "",
     ) -> None:
         self.transport = transport
-        self.channel = channel
+        self.wire = wire
+        self.channels: list[Channel] = []
         self.peer = peer
-        self._chunked = chunked
         self._outbox = outbox
         self._limit = limit
         self._on_overflow = on_overflow
@@ -89,12 +90,18 @@ class Stream:
 
     # Delivery, called by the fan-out and the heartbeat timer.
 
-    def deliver(self, frame: Frame) -> None:
-        """Queue ``frame``; it is written at the end of this loop iteration."""
-        if not self._open:
-            return
+    def deliver(self, delivery: Delivery) -> None:
+        """Queue a published message for this loop iteration's flush."""
+        if self._open:
+            self.send(delivery.encoded(self.wire))
 
-        data = frame.chunked if self._chunked else frame.bare
+    def heartbeat(self) -> None:
+        """Queue this wire's heartbeat."""
+        if self._open:
+            self.send(self.wire.heartbeat)
+
+    def send(self, data: bytes) -> None:
+        """Queue encoded bytes; they are written at the end of this iteration."""
         if not self._queue:
             self._outbox.mark(self)
         self._queue.append(data)
@@ -120,19 +127,18 @@ class Stream:
     # Ending the stream.
 
     def finish(self) -> None:
-        """Flush, end the body properly and close (daemon shutting down)."""
+        """Flush, say goodbye in this wire's terms and close (daemon stopping)."""
         if not self._open:
             return
 
         self.flush()
         if self._open:
-            if self._chunked:
-                self.transport.write(LAST_CHUNK)
+            self.transport.write(self.wire.goodbye)
             self.transport.close()
         self._open = False
 
     def detach(self) -> None:
-        """Stop delivering; the connection is gone."""
+        """Stop delivering; the connection is gone or going."""
         self._open = False
         self._queue = []
         self._queued_bytes = 0
@@ -140,12 +146,21 @@ class Stream:
     def _overflow(self) -> None:
         unsent = self.transport.get_write_buffer_size() + self._queued_bytes
         self.detach()
-        self.transport.abort()
+        goodbye = self.wire.overflow
+        if goodbye is None:
+            self.transport.abort()
+        else:
+            # The goodbye waits behind what is buffered; a client that does
+            # not read it in time is cut off all the same.
+            self.transport.write(goodbye)
+            self.transport.close()
+            self._outbox.loop.call_later(OVERFLOW_LINGER_SECS, self.transport.abort)
+
         logger.warning(
-            "disconnected slow subscriber %s on channel %s: %d bytes unsent "
+            "disconnected slow subscriber %s on %s: %d bytes unsent "
             "(RPUSHD_MAX_PENDING_BYTES=%d)",
             self.peer,
-            self.channel.name,
+            ", ".join(channel.name for channel in self.channels),
             unsent,
             self._limit,
         )
