@@ -1,4 +1,4 @@
-"""Shared test tools: a real daemon in a subprocess, and raw HTTP clients.
+"""Shared test tools: a real daemon in a subprocess, raw HTTP clients, nginx.
 
 Every wait in the tests is a multiple of ``UNIT`` seconds, which the
 environment variable ``RPUSHD_TEST_TIMEOUT_UNIT`` scales on slow machines.
@@ -8,10 +8,14 @@ never by sleeping.
 
 from __future__ import annotations
 
+import grp
 import http.client
 import json
 import os
+import pwd
 import queue
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +24,10 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from rpushd import tokens
 from rpushd.frames import FrameDecoder
@@ -62,7 +69,9 @@ class Daemon:
         )
         threading.Thread(target=self._read_stderr, daemon=True).start()
         line = self.wait_for_log("listening on", 10 * UNIT)
-        address = line.rsplit("listening on ", 1)[1].strip()
+        # Text and JSON log lines alike: the address ends at a space or quote.
+        after = line.rsplit("listening on ", 1)[1]
+        address = re.split(r'[\s"]', after, maxsplit=1)[0]
         self.port = int(address.rsplit(":", 1)[1])
         return self
 
@@ -144,7 +153,9 @@ class Daemon:
         return stream
 
     def __enter__(self) -> Daemon:
-        return self.start()
+        if self.process is None:
+            self.start()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
@@ -256,13 +267,18 @@ class Stream:
         http10: bool = False,
         path_prefix: str = "",
         headers: Mapping[str, str] | None = None,
+        envelope: bool = False,
     ) -> Stream:
         """Subscribe on ``127.0.0.1:port`` and read the response head.
 
         ``path_prefix`` goes before ``/api/stream/``, for a daemon reached
-        through a reverse proxy; ``headers`` are added to the request.
+        through a reverse proxy; ``headers`` are added to the request;
+        ``envelope`` asks for envelope frames (docs/STREAMS.md).
         """
-        body = json.dumps({"token": token}).encode()
+        fields: dict[str, Any] = {"token": token}
+        if envelope:
+            fields["envelope"] = True
+        body = json.dumps(fields).encode()
         version = "HTTP/1.0" if http10 else "HTTP/1.1"
         extra = "".join(
             f"{name}: {value}\r\n" for name, value in (headers or {}).items()
@@ -333,3 +349,193 @@ class Stream:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# nginx in front of the daemon.
+
+
+def find_nginx() -> str:
+    """The nginx executable on PATH or in /usr/sbin; fail without one.
+
+    nginx is required: CI installs it, and a missing nginx fails the tests
+    that need it rather than skipping them.
+    """
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    if found is None:
+        pytest.fail(
+            "nginx is required for these tests and was found neither on PATH "
+            "nor in /usr/sbin; install it (apt-get install nginx)",
+            pytrace=False,
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Nginx:
+    """nginx in the foreground from a private prefix, with one server.
+
+    ``server`` is the body of that server block (everything but its
+    ``listen``), ``http`` more directives for the http block around it.
+    The server must answer 200 on ``ready_path`` once it can proxy.
+    """
+
+    START_ATTEMPTS = 3
+
+    def __init__(
+        self,
+        prefix: Path,
+        server: str,
+        http: str = "",
+        ready_path: str = "/push-daemon/healthz",
+    ) -> None:
+        self.executable = find_nginx()
+        self.prefix = prefix
+        self.server = server
+        self.http = http
+        self.ready_path = ready_path
+        self.config = prefix / "nginx.conf"
+        self.error_log = prefix / "error.log"
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    # Configuration.
+
+    def write_config(self) -> None:
+        temp = {
+            name: self.prefix / name
+            for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        }
+        # A root master starts its worker as "nobody", which could not
+        # enter the private temporary directory; keep it as ourselves.
+        user = ""
+        if os.geteuid() == 0:
+            owner = pwd.getpwuid(os.geteuid()).pw_name
+            group = grp.getgrgid(os.getegid()).gr_name
+            user = f"user {owner} {group};"
+
+        self.config.write_text(f"""
+daemon off;
+master_process on;
+worker_processes 1;
+{user}
+error_log {self.error_log} notice;
+pid {self.prefix / "nginx.pid"};
+
+events {{
+    worker_connections 64;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {temp["client_body"]};
+    proxy_temp_path {temp["proxy"]};
+    fastcgi_temp_path {temp["fastcgi"]};
+    uwsgi_temp_path {temp["uwsgi"]};
+    scgi_temp_path {temp["scgi"]};
+{self.http}
+    server {{
+        listen 127.0.0.1:{self.port};
+{self.server}
+    }}
+}}
+""")
+
+    def command(self, *args: str) -> list[str]:
+        """An nginx command line confined to the prefix and its config."""
+        return [
+            self.executable,
+            "-p", f"{self.prefix}/",
+            "-c", str(self.config),
+            "-e", str(self.error_log),
+            *args,
+        ]  # fmt: skip
+
+    # Running.
+
+    def start(self) -> Nginx:
+        """Start on a free port and wait until a request passes through.
+
+        The port is free when chosen but could be taken before nginx binds
+        it, so a start that fails for that reason is retried on another.
+        """
+        for _ in range(self.START_ATTEMPTS):
+            self.port = free_port()
+            if self._launch():
+                return self
+            if "Address already in use" not in self.log_text():
+                break
+        raise AssertionError("nginx did not start:\n" + self.log_text())
+
+    def restart(self) -> None:
+        """Start again on the same port (a page's origin includes it)."""
+        self.stop()
+        if not self._launch():
+            raise AssertionError("nginx did not start again:\n" + self.log_text())
+
+    def _launch(self) -> bool:
+        self.write_config()
+        self.error_log.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        return self._wait_ready(10 * UNIT)
+
+    def _wait_ready(self, timeout: float) -> bool:
+        """Poll ``ready_path``; ``False`` if nginx exits first."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        last = "no attempt"
+        while time.monotonic() < deadline:
+            try:
+                reply = request(self.port, "GET", self.ready_path)
+            except (OSError, http.client.HTTPException) as exc:
+                last = repr(exc)
+            else:
+                if reply.status == 200:
+                    return True
+                last = f"HTTP {reply.status}"
+            try:
+                self.process.wait(timeout=0.05 * UNIT)
+            except subprocess.TimeoutExpired:
+                continue
+            return False
+        raise AssertionError(
+            f"nginx not ready after {timeout} s ({last}):\n" + self.log_text()
+        )
+
+    def pause(self) -> None:
+        """Freeze master and worker: connections stay open and go silent."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        """Fast shutdown: SIGQUIT would wait for every open stream to end."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.resume()
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(5 * UNIT)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def log_text(self) -> str:
+        try:
+            return self.error_log.read_text()
+        except FileNotFoundError:
+            return "(no error log)"

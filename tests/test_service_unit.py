@@ -63,8 +63,13 @@ def only(service: Service, key: str) -> str:
 def test_unit_runs_the_virtualenv_daemon_from_the_env_file(
     service: Service,
 ) -> None:
-    assert only(service, "Type") == "simple"
-    assert only(service, "ExecStart") == "/opt/rpushd/venv/bin/rpushd serve"
+    assert only(service, "Type") == "notify"
+    assert only(service, "NotifyAccess") == "main"
+    assert int(only(service, "WatchdogSec")) > 0
+    assert only(service, "ExecStart") == (
+        "/opt/rpushd/venv/bin/rpushd serve --env-file /etc/rpushd.env"
+    )
+    assert only(service, "ExecReload") == "/bin/kill -HUP $MAINPID"
     # Without a leading "-": the secrets are required, so is the file.
     assert only(service, "EnvironmentFile") == "/etc/rpushd.env"
 
@@ -79,7 +84,9 @@ def test_unit_leaves_time_for_the_daemon_to_finish_streams(
     service: Service,
 ) -> None:
     defaults = config.load({"RPUSHD_SECRET": "s", "RPUSHD_PUBLISH_SECRET": "p"})
-    shutdown_secs = defaults.shutdown_grace_secs + server.CLOSE_WAIT_SECS
+    shutdown_secs = (
+        defaults.shutdown_grace_secs + defaults.drain_secs + server.CLOSE_WAIT_SECS
+    )
 
     assert only(service, "KillSignal") == "SIGTERM"
     timeout = only(service, "TimeoutStopSec")
@@ -92,8 +99,9 @@ def test_unit_allows_many_open_streams(service: Service) -> None:
 
 
 def test_unit_runs_unprivileged_and_sandboxed(service: Service) -> None:
-    assert only(service, "DynamicUser") == "yes"
-    assert "User" not in service
+    assert only(service, "User") == "rpushd"
+    assert only(service, "Group") == "rpushd"
+    assert "DynamicUser" not in service
     assert only(service, "CapabilityBoundingSet") == ""
     for key, value in [
         ("NoNewPrivileges", "yes"),

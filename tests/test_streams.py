@@ -311,7 +311,7 @@ def test_finish_writes_queued_frames_then_the_last_chunk_and_closes(
         stream = pair.stream(Outbox(asyncio.get_running_loop()), chunked=True)
 
         stream.deliver(message(b"bye"))
-        stream.finish()
+        stream.finish(stream.wire.goodbye)
 
         received = await pair.receive_until_closed()
         assert received == Frame(b"bye").chunked + b"0\r\n\r\n"
@@ -328,7 +328,7 @@ def test_finish_of_a_bare_stream_closes_after_its_frames_without_a_chunk(
         stream = pair.stream(Outbox(asyncio.get_running_loop()), chunked=False)
 
         stream.deliver(message(b"bye"))
-        stream.finish()
+        stream.finish(stream.wire.goodbye)
 
         assert await pair.receive_until_closed() == b"\x00\x03bye"
         pair.close()
@@ -341,8 +341,8 @@ def test_finish_twice_ends_the_body_once(runner: asyncio.Runner) -> None:
         pair = await Pair.open()
         stream = pair.stream(Outbox(asyncio.get_running_loop()), chunked=True)
 
-        stream.finish()
-        stream.finish()
+        stream.finish(stream.wire.goodbye)
+        stream.finish(stream.wire.goodbye)
         stream.deliver(message(b"late"))
         await next_iteration()
 
@@ -359,7 +359,7 @@ def test_finish_after_detach_writes_nothing(runner: asyncio.Runner) -> None:
         stream = pair.stream(Outbox(asyncio.get_running_loop()), chunked=True)
 
         stream.detach()
-        stream.finish()
+        stream.finish(stream.wire.goodbye)
 
         assert pair.transport.writes == []
         pair.close()

@@ -17,16 +17,17 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import NoReturn
 
 import orjson
 import uvloop
 
-from rpushd import __version__, client, config, tokens
+from rpushd import __version__, client, config, logs, tokens
 from rpushd.channels import is_valid_name
 from rpushd.errors import RpushdError
-from rpushd.server import Server, serve
+from rpushd.server import Server, raise_file_limit, serve
 
 logger = logging.getLogger("rpushd.cli")
 
@@ -109,8 +110,14 @@ def _environment(env_file: str | None) -> dict[str, str]:
 
 def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     settings = config.load(environ)
-    _configure_logging(settings)
-    return uvloop.run(serve(settings))
+    logs.configure(settings)
+    raise_file_limit()
+
+    env_file = getattr(args, "env_file", None)
+    reload_environ = None
+    if env_file:
+        reload_environ = partial(_environment, env_file)
+    return uvloop.run(serve(settings, reload_environ=reload_environ))
 
 
 def _dev(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -122,7 +129,8 @@ def _dev(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             "RPUSHD_PUBLISH_SECRET": secrets.token_urlsafe(32),
         }
     )
-    _configure_logging(settings)
+    logs.configure(settings)
+    raise_file_limit()
     return uvloop.run(serve(settings, ready=_print_dev_guide))
 
 
@@ -178,14 +186,6 @@ _COMMANDS = {
 
 
 # Helpers.
-
-
-def _configure_logging(settings: config.Config) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=config.logging_level(settings),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def _require_channel(name: str) -> None:

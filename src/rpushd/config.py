@@ -18,6 +18,11 @@ from rpushd.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:45831"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+TRUTHY = ("1", "true", "yes", "on")
+FALSY = ("0", "false", "no", "off", "")
+# Secrets shorter than this are easy to guess offline from one token.
+MIN_SECRET_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,22 @@ class Config:
     history_ttl_secs: int = 300
     history_max_bytes: int = 64 * 1024 * 1024
     max_channels_per_stream: int = 32
+    secret_previous: bytes | None = None
+    publish_secret_previous: bytes | None = None
+    drain_secs: int = 3
+    max_connections: int = 0
+    enforce_token_expiry: bool = False
+    log_format: str = "text"
+
+    @property
+    def subscribe_secrets(self) -> tuple[bytes, ...]:
+        """Keys that may have signed a subscribe token, current one first."""
+        return _with_previous(self.secret, self.secret_previous)
+
+    @property
+    def publish_secrets(self) -> tuple[bytes, ...]:
+        """Bearer secrets accepted on privileged endpoints."""
+        return _with_previous(self.publish_secret, self.publish_secret_previous)
 
     @property
     def listen(self) -> str:
@@ -78,7 +99,38 @@ def load(environ: Mapping[str, str]) -> Config:
         max_channels_per_stream=_whole(
             environ, "RPUSHD_MAX_CHANNELS_PER_STREAM", 32, 1, 1000
         ),
+        secret_previous=_optional_secret(environ, "RPUSHD_SECRET_PREVIOUS"),
+        publish_secret_previous=_optional_secret(
+            environ, "RPUSHD_PUBLISH_SECRET_PREVIOUS"
+        ),
+        drain_secs=_whole(environ, "RPUSHD_DRAIN_SECS", 3, 0, 3600),
+        max_connections=_whole(environ, "RPUSHD_MAX_CONNECTIONS", 0, 0, 10**7),
+        enforce_token_expiry=_flag(environ, "RPUSHD_ENFORCE_TOKEN_EXPIRY"),
+        log_format=_choice(environ, "RPUSHD_LOG_FORMAT", LOG_FORMATS),
     )
+
+
+def warnings(config: Config) -> list[str]:
+    """Settings that work but that an operator should fix."""
+    found = []
+    named = [
+        ("RPUSHD_SECRET", config.secret),
+        ("RPUSHD_PUBLISH_SECRET", config.publish_secret),
+        ("RPUSHD_SECRET_PREVIOUS", config.secret_previous),
+        ("RPUSHD_PUBLISH_SECRET_PREVIOUS", config.publish_secret_previous),
+    ]
+    for name, secret in named:
+        if secret is not None and len(secret) < MIN_SECRET_BYTES:
+            found.append(
+                f"{name} is shorter than {MIN_SECRET_BYTES} bytes; "
+                "generate one with: rpushd secret"
+            )
+    if config.secret == config.publish_secret:
+        found.append(
+            "RPUSHD_SECRET and RPUSHD_PUBLISH_SECRET are equal: anyone who can "
+            "subscribe could publish"
+        )
+    return found
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -182,11 +234,38 @@ def _whole(
 
 
 def _log_level(environ: Mapping[str, str]) -> str:
-    level = environ.get("RPUSHD_LOG_LEVEL", "info").strip().lower()
-    if level not in LOG_LEVELS:
-        choices = ", ".join(LOG_LEVELS)
-        raise ConfigError(f"RPUSHD_LOG_LEVEL must be one of {choices}")
-    return level
+    return _choice(environ, "RPUSHD_LOG_LEVEL", LOG_LEVELS, default="info")
+
+
+def _choice(
+    environ: Mapping[str, str],
+    name: str,
+    choices: tuple[str, ...],
+    default: str | None = None,
+) -> str:
+    value = environ.get(name, default or choices[0]).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}")
+    return value
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if value not in TRUTHY + FALSY:
+        raise ConfigError(f"{name} must be 1, true, yes, on, 0, false, no or off")
+    return value in TRUTHY
+
+
+def _optional_secret(environ: Mapping[str, str], name: str) -> bytes | None:
+    # Set but empty means unset, so that a rotation can be finished by
+    # blanking the line in the env file.
+    if not environ.get(name, "").strip():
+        return None
+    return secret_from(environ, name)
+
+
+def _with_previous(current: bytes, previous: bytes | None) -> tuple[bytes, ...]:
+    return (current,) if previous is None else (current, previous)
 
 
 def logging_level(config: Config) -> int:

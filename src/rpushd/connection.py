@@ -127,15 +127,21 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing.
         self._transport = cast(asyncio.Transport, transport)
-        self._parser = httptools.HttpRequestParser(self)
         peername = transport.get_extra_info("peername")
         if peername:
             self.peer = f"{peername[0]}:{peername[1]}"
+        if len(self._hub.connections) >= self._hub.max_connections:
+            self._turn_away()
+            return
+
+        self._parser = httptools.HttpRequestParser(self)
         self._hub.connections.add(self)
         # A new connection owes us a request as promptly as a started one.
         self._arm_timer(self._hub.config.request_timeout_secs)
 
     def data_received(self, data: bytes) -> None:
+        if self._parser is None and self._state is not State.STREAMING:
+            return
         if self._state is State.UNPARSED_BODY:
             self._take_unparsed_body(data)
             return
@@ -338,6 +344,18 @@ class HttpConnection(asyncio.Protocol):
         self._path = ""
         self._query = ""
 
+    def _turn_away(self) -> None:
+        # Over RPUSHD_MAX_CONNECTIONS: answer before reading anything, and
+        # never at the expense of a connection we already serve.
+        self._hub.counters.refused_connections_total += 1
+        logger.warning(
+            "refused connection from %s: RPUSHD_MAX_CONNECTIONS (%d) reached",
+            self.peer,
+            self._hub.max_connections,
+        )
+        refusal = error_response(503, "too many connections", Retry_After="5")
+        self._refuse(refusal)
+
     def _after_upgrade(self, rest: bytes) -> None:
         """The parser stopped at a protocol switch we do not perform."""
         if self._state is State.UNPARSED_BODY:
@@ -416,6 +434,7 @@ class HttpConnection(asyncio.Protocol):
             envelope=subscription.envelope,
             last_id=subscription.last_id,
             peer=self.peer,
+            expires_at=subscription.expires_at,
         )
 
     def _refuse_websocket(self, refusal: Response, request: Request) -> None:

@@ -42,9 +42,10 @@ class Wire:
 
     ``message`` encodes a delivery; ``control`` encodes a hello, gap or
     close envelope given its type, its bytes and an optional id.
-    ``heartbeat`` keeps the stream alive; ``goodbye`` ends it when the
-    daemon stops; ``overflow`` ends it when the client fell behind
-    (``None``: nothing can be said, the connection is just dropped).
+    ``heartbeat`` keeps the stream alive. The endings: ``goodbye`` when the
+    daemon stops, ``expired`` when the subscriber's token ran out (with
+    ``RPUSHD_ENFORCE_TOKEN_EXPIRY``), ``overflow`` when the client fell
+    behind (``None``: nothing can be said, the connection is just dropped).
     """
 
     name: str
@@ -52,6 +53,7 @@ class Wire:
     control: Callable[[str, bytes, str | None], bytes]
     heartbeat: bytes
     goodbye: bytes
+    expired: bytes
     overflow: bytes | None
 
 

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, unquote
 
 import orjson
 
-from rpushd import channels, stats, tokens
+from rpushd import channels, metrics, stats, tokens
 from rpushd.errors import HTTPError, InvalidToken
 from rpushd.http11 import (
     JSON_TYPE,
@@ -72,12 +72,14 @@ class OpenStream:
     transport: str = FRAMES
     envelope: bool = False
     last_id: str | None = None
+    expires_at: int | None = None
 
 
 _ROUTES: dict[str, tuple[Route, tuple[str, ...]]] = {
     "/healthz": (Route("healthz"), ("GET", "HEAD")),
     "/api/publish": (Route("publish", privileged=True, takes_body=True), ("POST",)),
     "/api/stats": (Route("stats", privileged=True), ("GET", "HEAD")),
+    "/metrics": (Route("metrics", privileged=True), ("GET", "HEAD")),
     "/api/stream": (Route("stream_many", takes_body=True), ("POST",)),
     "/api/events": (Route(EVENTS), ("GET",)),
     "/api/ws": (Route(WEBSOCKET), ("GET",)),
@@ -131,6 +133,8 @@ class Endpoints:
                 return self._publish(request)
             if route.endpoint == "stats":
                 return self._stats(request)
+            if route.endpoint == "metrics":
+                return self._metrics()
             if route.endpoint == "stream":
                 return self._subscribe(route, request)
             if route.endpoint == "stream_many":
@@ -142,6 +146,10 @@ class Endpoints:
     # Handlers.
 
     def _publish(self, request: Request) -> Response:
+        with self.hub.metrics.publish_seconds.time():
+            return self._publish_timed(request)
+
+    def _publish_timed(self, request: Request) -> Response:
         body = decode_object(request.body, ("channel", "message"))
         channel = _channel_name(body["channel"])
         payload = encode_message(body["message"])
@@ -165,6 +173,10 @@ class Endpoints:
         body = render(self.hub.snapshot(verbose=verbose))
         return Response(200, body, content_type, list(NO_CACHE_HEADERS))
 
+    def _metrics(self) -> Response:
+        headers = list(NO_CACHE_HEADERS)
+        return Response(200, self.hub.metrics.render(), metrics.CONTENT_TYPE, headers)
+
     def _subscribe(self, route: Route, request: Request) -> OpenStream:
         body = decode_object(request.body, ("token",))
         envelope = body.get("envelope", False)
@@ -178,8 +190,8 @@ class Endpoints:
             channel = unquote(route.channel, errors="strict")
         except UnicodeDecodeError:
             raise HTTPError(400, "invalid channel name") from None
-        channels = self._authorize([(channel, body["token"])])
-        return OpenStream(channels, FRAMES, envelope, last_id)
+        channels, expires_at = self._authorize([(channel, body["token"])])
+        return OpenStream(channels, FRAMES, envelope, last_id, expires_at)
 
     def _subscribe_many(self, request: Request) -> OpenStream:
         body = decode_object(request.body, ("subscriptions",))
@@ -192,7 +204,8 @@ class Endpoints:
 
         pairs = [(item["channel"], item["token"]) for item in subscriptions]
         last_id = _optional_string(body, "last_id")
-        return OpenStream(self._authorize(pairs), FRAMES, True, last_id)
+        channels, expires_at = self._authorize(pairs)
+        return OpenStream(channels, FRAMES, True, last_id, expires_at)
 
     def _subscribe_by_query(self, route: Route, request: Request) -> OpenStream:
         # EventSource and WebSocket cannot send a body: the subscriptions
@@ -208,11 +221,15 @@ class Endpoints:
         if last_id is None and route.endpoint == EVENTS:
             last_id = request.headers.get("last-event-id") or None
 
-        authorized = self._authorize(list(zip(channels, tokens_given, strict=True)))
-        return OpenStream(authorized, route.endpoint, True, last_id)
+        pairs = list(zip(channels, tokens_given, strict=True))
+        authorized, expires_at = self._authorize(pairs)
+        return OpenStream(authorized, route.endpoint, True, last_id, expires_at)
 
-    def _authorize(self, pairs: list[tuple[Any, Any]]) -> tuple[str, ...]:
-        """Check every (channel, token) pair; return the channels, deduplicated."""
+    def _authorize(self, pairs: list[tuple[Any, Any]]) -> tuple[tuple[str, ...], int]:
+        """Check every (channel, token) pair.
+
+        Returns the channels, deduplicated, and when the first token expires.
+        """
         if not pairs:
             raise HTTPError(400, "no channel to subscribe to")
         if len(pairs) > self.hub.config.max_channels_per_stream:
@@ -222,23 +239,31 @@ class Endpoints:
                 raise HTTPError(422, "token must be a string")
         channels = [_channel_name(channel) for channel, _ in pairs]
 
-        secrets = (self.hub.config.secret,)
+        secrets = self.hub.config.subscribe_secrets
         now = int(time.time())
+        expiries = []
         for channel, (_, token) in zip(channels, pairs, strict=True):
             try:
-                tokens.verify(token, channel, secrets, now)
+                expiries.append(tokens.verify(token, channel, secrets, now))
             except InvalidToken as exc:
                 self.hub.counters.refused_subscriptions_total += 1
+                self.hub.metrics.refused_subscriptions.labels(exc.reason).inc()
                 logger.info("refused subscription to %s: %s", channel, exc.reason)
                 raise HTTPError(401, "invalid token") from None
-        return tuple(dict.fromkeys(channels))
+        return tuple(dict.fromkeys(channels)), min(expiries)
 
     def _authorized(self, headers: dict[str, str]) -> bool:
         value = headers.get("authorization", "")
         if not value.startswith("Bearer ") or len(value) == len("Bearer "):
             return False
         presented = value[len("Bearer ") :].encode("latin-1")
-        return hmac.compare_digest(presented, self.hub.config.publish_secret)
+        # Compare with every accepted secret, so the time taken does not
+        # tell which one (if any) nearly matched.
+        matches = [
+            hmac.compare_digest(presented, secret)
+            for secret in self.hub.config.publish_secrets
+        ]
+        return any(matches)
 
 
 def _optional_string(body: dict[str, Any], field: str) -> str | None:

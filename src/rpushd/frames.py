@@ -61,9 +61,14 @@ def chunked(wire: Wire, name: str) -> Wire:
         message,
         control,
         encode_chunk(wire.heartbeat),
-        (encode_chunk(wire.goodbye) if wire.goodbye else b"") + LAST_CHUNK,
-        None if overflow is None else encode_chunk(overflow) + LAST_CHUNK,
+        _last_chunks(wire.goodbye),
+        _last_chunks(wire.expired),
+        None if overflow is None else _last_chunks(overflow),
     )
+
+
+def _last_chunks(ending: bytes) -> bytes:
+    return (encode_chunk(ending) if ending else b"") + LAST_CHUNK
 
 
 def _no_control(kind: str, envelope: bytes, item_id: str | None) -> bytes:
@@ -76,7 +81,13 @@ def _envelope_frame(kind: str, envelope: bytes, item_id: str | None) -> bytes:
 
 # The original stream (PROTOCOL.md): bare payloads, nothing else.
 PLAIN = Wire(
-    "frames", lambda d: encode_frame(d.payload), _no_control, HEARTBEAT.bare, b"", None
+    "frames",
+    lambda d: encode_frame(d.payload),
+    _no_control,
+    HEARTBEAT.bare,
+    b"",
+    b"",
+    None,
 )
 PLAIN_CHUNKED = chunked(PLAIN, "frames, chunked")
 
@@ -87,6 +98,7 @@ ENVELOPES = Wire(
     _envelope_frame,
     HEARTBEAT.bare,
     encode_frame(close_envelope("shutdown")),
+    encode_frame(close_envelope("token_expired")),
     encode_frame(close_envelope("slow")),
 )
 ENVELOPES_CHUNKED = chunked(ENVELOPES, "envelope frames, chunked")

@@ -10,9 +10,12 @@ step that no publish can fall between.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from rpushd import REPOSITORY_URL, __version__
@@ -21,6 +24,7 @@ from rpushd.config import Config
 from rpushd.deliveries import Delivery, Wire, gap_envelope, hello_envelope, new_epoch
 from rpushd.heartbeats import TICKS_PER_SECOND, HeartbeatWheel
 from rpushd.history import History
+from rpushd.metrics import Metrics
 from rpushd.stats import (
     ChannelFigures,
     Counters,
@@ -52,9 +56,15 @@ class Hub:
         self.connections: set[HttpConnection] = set()
         self.outbox = Outbox(loop)
         self.heartbeats: HeartbeatWheel[Stream] = HeartbeatWheel(config.heartbeat_secs)
+        self.metrics = Metrics(lambda: self.snapshot(verbose=False))
+        self.max_connections = config.max_connections
         self.started_at = int(time.time())
         self._started = time.monotonic()
         self._ticks = 0
+        # (expires_at, tiebreak, stream): checked once a second, one heap
+        # for all streams, and only filled with RPUSHD_ENFORCE_TOKEN_EXPIRY.
+        self._expiries: list[tuple[int, int, Stream]] = []
+        self._tiebreak = itertools.count()
 
     # Publishing and subscribing.
 
@@ -70,7 +80,11 @@ class Hub:
         delivery = Delivery(
             self.epoch, self.position, channel, payload, time.monotonic()
         )
+
+        started = time.perf_counter()
         held_by = self.channels.publish(delivery)
+        self.metrics.fanout_seconds.observe(time.perf_counter() - started)
+
         self.history.record(held_by, delivery)
         return delivery
 
@@ -84,6 +98,7 @@ class Hub:
         envelope: bool,
         last_id: str | None,
         peer: str,
+        expires_at: int | None = None,
     ) -> Stream:
         """Answer a subscribe request and add its stream to its channels.
 
@@ -114,6 +129,9 @@ class Hub:
         self.streams.add(stream)
         self.heartbeats.add(stream)
         self.counters.stream_connections_total += 1
+        if expires_at is not None and self.config.enforce_token_expiry:
+            entry = (expires_at, next(self._tiebreak), stream)
+            heapq.heappush(self._expiries, entry)
         return stream
 
     def close_stream(self, stream: Stream) -> None:
@@ -160,6 +178,16 @@ class Hub:
         if self._ticks % TICKS_PER_SECOND == 0:
             self.channels.touch_active()
             self.history.expire()
+            self._end_expired_streams(int(time.time()))
+
+    def _end_expired_streams(self, now: int) -> None:
+        # A token is valid while exp >= now (PROTOCOL.md), so it has run
+        # out once exp < now.
+        expiries = self._expiries
+        while expiries and expiries[0][0] < now:
+            _, _, stream = heapq.heappop(expiries)
+            if stream in self.streams:
+                stream.finish(stream.wire.expired)
 
     def sweep(self) -> None:
         """Forget channels that have been idle and empty for the TTL."""
@@ -169,11 +197,38 @@ class Hub:
         if dropped:
             logger.info("dropped %d idle channels", len(dropped))
 
-    def finish_streams(self) -> None:
-        """End every stream properly (the daemon is stopping)."""
+    def finish_streams(self, streams: Sequence[Stream]) -> None:
+        """End ``streams`` properly: the daemon is stopping."""
         self.outbox.flush()
-        for stream in list(self.streams):
-            stream.finish()
+        for stream in streams:
+            stream.finish(stream.wire.goodbye)
+
+    # Configuration.
+
+    def apply(self, config: Config) -> None:
+        """Take new settings without dropping a stream (SIGHUP)."""
+        old, self.config = self.config, config
+        self.max_connections = config.max_connections or self.max_connections
+
+        history = self.history
+        history.size = config.history_size
+        history.ttl = config.history_ttl_secs
+        history.max_bytes = config.history_max_bytes
+        history.expire()
+
+        if config.max_pending_bytes != old.max_pending_bytes:
+            for stream in self.streams:
+                stream.limit = config.max_pending_bytes
+        if config.heartbeat_secs != old.heartbeat_secs:
+            self.heartbeats = HeartbeatWheel(config.heartbeat_secs)
+            for stream in self.streams:
+                self.heartbeats.add(stream)
+        if not config.enforce_token_expiry:
+            self._expiries.clear()
+
+    def effective(self, config: Config) -> Config:
+        """``config`` with the settings that only a restart can change kept."""
+        return replace(config, host=self.config.host, port=self.config.port)
 
     # Statistics.
 
@@ -195,6 +250,7 @@ class Hub:
             "active_subscribers": registry.subscriber_count,
             "memory_rss_bytes": read_rss_bytes(),
             "history_bytes": self.history.bytes,
+            "open_connections": len(self.connections),
         }
         for name in self.counters.__slots__:
             figures[name] = getattr(self.counters, name)

@@ -1,44 +1,65 @@
-"""Running the daemon: listen, drive the timers, stop cleanly.
+"""Running the daemon: listen, drive the timers, reload, stop cleanly.
 
-Shutdown goes in stages (on SIGTERM or SIGINT): stop accepting; close idle
-keep-alive connections; give requests already being received a bounded
-grace period to finish (a publish in flight still reaches its subscribers);
-then write out what every stream is owed, end each body properly and close.
+Shutdown goes in stages (on SIGTERM or SIGINT): tell systemd, stop
+accepting, close idle keep-alive connections, give requests already being
+received a bounded grace period (a publish in flight still reaches its
+subscribers), then end the streams. Streams are ended over
+``RPUSHD_DRAIN_SECS`` rather than all at once, each told in its own terms
+to reconnect, so that thousands of clients do not come back in one burst.
+
+SIGHUP re-reads the ``--env-file`` and applies new secrets and tunables
+without dropping a stream; a file that does not load is refused with a log
+line and the running configuration kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
+import resource
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+from rpushd import config as configuration
 from rpushd.config import Config, format_address
 from rpushd.connection import HttpConnection
 from rpushd.endpoints import Endpoints
+from rpushd.errors import ConfigError
 from rpushd.heartbeats import TICKS_PER_SECOND
 from rpushd.hub import Hub
+from rpushd.systemd import Notifier
 
 logger = logging.getLogger("rpushd.server")
 
 LISTEN_BACKLOG = 16384
 MAX_SWEEP_INTERVAL_SECS = 300
 CLOSE_WAIT_SECS = 2.0
+DRAIN_STEPS_PER_SECOND = 10
+# File descriptors kept back from RPUSHD_MAX_CONNECTIONS's default, for the
+# listening socket, logs and the odd file.
+SPARE_FILES = 64
 
 
 class Server:
     """One daemon: a listening socket, a hub and its timers."""
 
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self.hub = Hub(config, self._loop)
+        self.hub.max_connections = config.max_connections or _connection_limit()
         self._endpoints = Endpoints(self.hub)
+        self._notifier = notifier or Notifier({})
         self._server: asyncio.Server | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self.address = ""
+
+    @property
+    def config(self) -> Config:
+        return self.hub.config
 
     async def start(self) -> None:
         """Bind and start serving; raises OSError if the address is taken."""
@@ -62,11 +83,38 @@ class Server:
         )
         self._every("sweep", sweep_every, self.hub.sweep)
 
+        notifier = self._notifier
+        notifier.notify("READY=1", f"STATUS=listening on {self.address}")
+        if notifier.watchdog_interval is not None:
+            # Kept alive by the event loop itself: a stuck loop stops it.
+            watchdog = notifier.watchdog_interval
+            self._every("watchdog", watchdog, lambda: notifier.notify("WATCHDOG=1"))
+
+    def reload(self, environ: Mapping[str, str]) -> bool:
+        """Apply settings from ``environ``; keep the old ones if they fail."""
+        try:
+            new = configuration.load(environ)
+        except ConfigError as exc:
+            logger.error("reload refused, configuration kept: %s", exc)
+            return False
+
+        if (new.host, new.port) != (self.config.host, self.config.port):
+            logger.warning(
+                "RPUSHD_LISTEN changes only with a restart; kept %s", self.address
+            )
+        for warning in configuration.warnings(new):
+            logger.warning("%s", warning)
+        self.hub.apply(self.hub.effective(new))
+        logging.getLogger().setLevel(configuration.logging_level(new))
+        logger.info("configuration reloaded")
+        return True
+
     async def stop(self) -> None:
         """Stop in stages; returns once every connection is closed."""
         logger.info("shutting down")
-        for timer in self._timers.values():
-            timer.cancel()
+        self._notifier.notify("STOPPING=1", "STATUS=draining")
+        for name in ("heartbeat", "sweep"):
+            self._timers[name].cancel()
         if self._server is not None:
             self._server.close()
 
@@ -77,15 +125,32 @@ class Server:
             lambda: not any(c.receiving_request for c in connections),
             self.config.shutdown_grace_secs,
         )
-
-        self.hub.finish_streams()
         for connection in list(connections):
             connection.refuse_unfinished()
             connection.shutdown()
+
+        await self._drain_streams()
         await self._wait_until(lambda: not connections, CLOSE_WAIT_SECS)
         for connection in list(connections):
             connection.abort()
+        for timer in self._timers.values():
+            timer.cancel()
         logger.info("stopped")
+
+    async def _drain_streams(self) -> None:
+        """End the streams in even batches over RPUSHD_DRAIN_SECS."""
+        streams = list(self.hub.streams)
+        steps = max(1, self.config.drain_secs * DRAIN_STEPS_PER_SECOND)
+        batch = max(1, math.ceil(len(streams) / steps))
+        if streams:
+            logger.info(
+                "ending %d streams over %d s", len(streams), self.config.drain_secs
+            )
+
+        for start in range(0, len(streams), batch):
+            if start:
+                await asyncio.sleep(1 / DRAIN_STEPS_PER_SECOND)
+            self.hub.finish_streams(streams[start : start + batch])
 
     def _every(self, name: str, interval: float, action: Callable[[], None]) -> None:
         """Run ``action`` every ``interval`` seconds, without drifting."""
@@ -110,14 +175,48 @@ class Server:
             await asyncio.sleep(0.05)
 
 
-async def serve(config: Config, ready: Callable[[Server], None] | None = None) -> int:
-    """Run the daemon until SIGTERM or SIGINT; return the exit status."""
+def raise_file_limit() -> int:
+    """Lift the soft limit on open files to the hard one; return it.
+
+    Every subscriber is an open socket, and distributions start services
+    with a low soft limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def _connection_limit() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1_000_000
+    return max(1, soft - SPARE_FILES)
+
+
+async def serve(
+    config: Config,
+    ready: Callable[[Server], None] | None = None,
+    reload_environ: Callable[[], Mapping[str, str]] | None = None,
+) -> int:
+    """Run the daemon until SIGTERM or SIGINT; return the exit status.
+
+    ``reload_environ`` gives the settings to apply on SIGHUP; without it,
+    SIGHUP is logged and ignored.
+    """
     loop = asyncio.get_running_loop()
+    server = Server(config, Notifier(os.environ))
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, _on_hangup, server, reload_environ)
 
-    server = Server(config)
+    for warning in configuration.warnings(config):
+        logger.warning("%s", warning)
     try:
         await server.start()
     except OSError as exc:
@@ -129,3 +228,17 @@ async def serve(config: Config, ready: Callable[[Server], None] | None = None) -
     await stopping.wait()
     await server.stop()
     return 0
+
+
+def _on_hangup(
+    server: Server, reload_environ: Callable[[], Mapping[str, str]] | None
+) -> None:
+    if reload_environ is None:
+        logger.warning("SIGHUP ignored: the daemon was not started with --env-file")
+        return
+    try:
+        environ = reload_environ()
+    except ConfigError as exc:
+        logger.error("reload refused, configuration kept: %s", exc)
+        return
+    server.reload(environ)

@@ -41,6 +41,7 @@ EVENTS = Wire(
     _control,
     b":\n\n",
     _control("close", close_envelope("shutdown"), None),
+    _control("close", close_envelope("token_expired"), None),
     _control("close", close_envelope("slow"), None),
 )
 EVENTS_CHUNKED = chunked(EVENTS, "server-sent events, chunked")

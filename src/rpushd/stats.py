@@ -34,7 +34,9 @@ FIGURES = (
     ("memory_rss_bytes", "memoryRssBytes"),
     ("slow_subscriber_disconnects_total", "slowSubscriberDisconnectsTotal"),
     ("refused_subscriptions_total", "refusedSubscriptionsTotal"),
+    ("refused_connections_total", "refusedConnectionsTotal"),
     ("history_bytes", "historyBytes"),
+    ("open_connections", "openConnections"),
 )
 
 
@@ -48,6 +50,7 @@ class Counters:
     auth_failures_total: int = 0
     slow_subscriber_disconnects_total: int = 0
     refused_subscriptions_total: int = 0
+    refused_connections_total: int = 0
 
 
 @dataclass(frozen=True, slots=True)

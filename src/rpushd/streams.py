@@ -59,8 +59,8 @@ class Stream:
         "wire",
         "channels",
         "peer",
+        "limit",
         "_outbox",
-        "_limit",
         "_on_overflow",
         "_queue",
         "_queued_bytes",
@@ -81,8 +81,8 @@ class Stream:
         self.wire = wire
         self.channels: list[Channel] = []
         self.peer = peer
+        self.limit = limit
         self._outbox = outbox
-        self._limit = limit
         self._on_overflow = on_overflow
         self._queue: list[bytes] = []
         self._queued_bytes = 0
@@ -107,7 +107,7 @@ class Stream:
         self._queue.append(data)
         self._queued_bytes += len(data)
 
-        if self._queued_bytes > self._limit:
+        if self._queued_bytes > self.limit:
             self._overflow()
 
     def flush(self) -> None:
@@ -115,7 +115,7 @@ class Stream:
         if not self._open or not self._queue:
             return
 
-        if self.transport.get_write_buffer_size() + self._queued_bytes > self._limit:
+        if self.transport.get_write_buffer_size() + self._queued_bytes > self.limit:
             self._overflow()
             return
 
@@ -126,14 +126,14 @@ class Stream:
 
     # Ending the stream.
 
-    def finish(self) -> None:
-        """Flush, say goodbye in this wire's terms and close (daemon stopping)."""
+    def finish(self, farewell: bytes) -> None:
+        """Flush, write ``farewell`` (one of the wire's endings), close."""
         if not self._open:
             return
 
         self.flush()
         if self._open:
-            self.transport.write(self.wire.goodbye)
+            self.transport.write(farewell)
             self.transport.close()
         self._open = False
 
@@ -162,6 +162,6 @@ class Stream:
             self.peer,
             ", ".join(channel.name for channel in self.channels),
             unsent,
-            self._limit,
+            self.limit,
         )
         self._on_overflow(self)

@@ -31,13 +31,12 @@ _BASE64URL = re.compile(rb"[A-Za-z0-9_-]*")
 _HEADER = b'{"alg":"HS256","typ":"JWT"}'
 
 
-def verify(
-    token: str | bytes, channel: str, secrets: Iterable[bytes], now: int
-) -> None:
+def verify(token: str | bytes, channel: str, secrets: Iterable[bytes], now: int) -> int:
     """Accept ``token`` for ``channel`` at unix time ``now``, or raise.
 
     ``secrets`` lists every key that may have signed the token (the current
-    one first). Raises :class:`InvalidToken` with a short reason word.
+    one first). Returns the token's expiry (``exp``). Raises
+    :class:`InvalidToken` with a short reason word.
     """
     raw = token.encode("ascii", "replace") if isinstance(token, str) else token
     parts = raw.split(b".")
@@ -51,7 +50,7 @@ def verify(
         raise InvalidToken("bad_signature")
 
     _b64decode(header)
-    _check_claims(_b64decode(payload), channel, now)
+    return _check_claims(_b64decode(payload), channel, now)
 
 
 def mint(channel: str, secret: bytes, expires_at: int) -> str:
@@ -61,7 +60,7 @@ def mint(channel: str, secret: bytes, expires_at: int) -> str:
     return (signed + b"." + _b64encode(_sign(secret, signed))).decode("ascii")
 
 
-def _check_claims(payload: bytes, channel: str, now: int) -> None:
+def _check_claims(payload: bytes, channel: str, now: int) -> int:
     try:
         claims = orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -82,6 +81,7 @@ def _check_claims(payload: bytes, channel: str, now: int) -> None:
         raise InvalidToken("malformed")
     if exp < now:
         raise InvalidToken("expired")
+    return exp
 
 
 def _sign(secret: bytes, signed: bytes) -> bytes:

@@ -53,6 +53,8 @@ WEBSOCKET = Wire(
     encode_frame(Opcode.PING, b""),
     _control("close", close_envelope("shutdown"), None)
     + close_frame(GOING_AWAY, "shutdown"),
+    _control("close", close_envelope("token_expired"), None)
+    + close_frame(TOKEN_EXPIRED, "token expired"),
     close_frame(TOO_SLOW, "too far behind"),
 )
 
