@@ -79,7 +79,7 @@ class HttpConnection(asyncio.Protocol):
         "_loop",
         "_transport",
         "_parser",
-        "_timer",
+        "_on_deadline",
         "_state",
         "_reading_paused",
         "peer",
@@ -104,7 +104,7 @@ class HttpConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._parser: httptools.HttpRequestParser | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._on_deadline: Callable[[], None] = self._timed_out
         self._state = State.IDLE
         self._reading_paused = False
         self.peer = "-"
@@ -492,16 +492,17 @@ class HttpConnection(asyncio.Protocol):
     def _arm_timer(
         self, delay: float, callback: Callable[[], None] | None = None
     ) -> None:
-        self._cancel_timer()
-        self._timer = self._loop.call_later(delay, callback or self._timed_out)
+        self._on_deadline = callback or self._timed_out
+        self._hub.deadlines.set(self, self._loop.time() + delay)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._hub.deadlines.clear(self)
+
+    def deadline_passed(self) -> None:
+        """The hub's deadline check found this connection's deadline passed."""
+        self._on_deadline()
 
     def _timed_out(self) -> None:
-        self._timer = None
         if self._state is State.REQUEST:
             logger.info("closed %s: request not received in time", self.peer)
             self._refuse(error_response(408, "request timeout"))

@@ -105,9 +105,12 @@ def http_date() -> str:
     return _date_cache[1]
 
 
+# Computed once: looking a status up in the HTTPStatus enum costs more than
+# the rest of a small response.
+_STATUS_LINES = {
+    status.value: f"HTTP/1.1 {status} {status.phrase}" for status in HTTPStatus
+}
+
+
 def _status_line(status: int) -> str:
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Unknown"
-    return f"HTTP/1.1 {status} {phrase}"
+    return _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown"

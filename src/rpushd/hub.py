@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from rpushd import REPOSITORY_URL, __version__
 from rpushd.channels import ChannelRegistry
 from rpushd.config import Config
+from rpushd.deadlines import Deadlines
 from rpushd.deliveries import Delivery, Wire, gap_envelope, hello_envelope, new_epoch
 from rpushd.heartbeats import TICKS_PER_SECOND, HeartbeatWheel
 from rpushd.history import History
@@ -54,6 +55,7 @@ class Hub:
         self.counters = Counters()
         self.streams: set[Stream] = set()
         self.connections: set[HttpConnection] = set()
+        self.deadlines: Deadlines[HttpConnection] = Deadlines()
         self.outbox = Outbox(loop)
         self.heartbeats: HeartbeatWheel[Stream] = HeartbeatWheel(config.heartbeat_secs)
         self.metrics = Metrics(lambda: self.snapshot(verbose=False))
@@ -188,6 +190,11 @@ class Hub:
             _, _, stream = heapq.heappop(expiries)
             if stream in self.streams:
                 stream.finish(stream.wire.expired)
+
+    def check_deadlines(self, now: float) -> None:
+        """Wake the connections whose request or idle deadline has passed."""
+        for connection in self.deadlines.passed(now):
+            connection.deadline_passed()
 
     def sweep(self) -> None:
         """Forget channels that have been idle and empty for the TTL."""

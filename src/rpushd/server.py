@@ -39,6 +39,8 @@ LISTEN_BACKLOG = 16384
 MAX_SWEEP_INTERVAL_SECS = 300
 CLOSE_WAIT_SECS = 2.0
 DRAIN_STEPS_PER_SECOND = 10
+# How often connection deadlines (request, keep-alive, linger) are checked.
+DEADLINE_CHECK_SECS = 0.2
 # File descriptors kept back from RPUSHD_MAX_CONNECTIONS's default, for the
 # listening socket, logs and the odd file.
 SPARE_FILES = 64
@@ -78,6 +80,11 @@ class Server:
         logger.info("listening on %s", self.address)
 
         self._every("heartbeat", 1 / TICKS_PER_SECOND, self.hub.heartbeat_tick)
+        self._every(
+            "deadlines",
+            DEADLINE_CHECK_SECS,
+            lambda: self.hub.check_deadlines(self._loop.time()),
+        )
         sweep_every = min(
             MAX_SWEEP_INTERVAL_SECS, max(1, self.config.channel_idle_ttl_secs)
         )
