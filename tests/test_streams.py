@@ -25,7 +25,7 @@ from rpushd.frames import (
     Frame,
     FrameDecoder,
 )
-from rpushd.streams import Outbox, Stream
+from rpushd.streams import SLICE, Outbox, Stream
 
 MIB = 1024 * 1024
 
@@ -179,6 +179,38 @@ def test_frames_delivered_in_later_iterations_leave_in_later_writes(
         assert pair.transport.writes == [b"\x00\x011", b"\x00\x012"]
         assert await pair.receive(6) == b"\x00\x011\x00\x012"
         pair.close()
+
+    runner.run(scenario())
+
+
+def test_a_message_published_mid_sweep_joins_streams_not_yet_written(
+    runner: asyncio.Runner,
+) -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        outbox = Outbox(loop)
+        pairs = [await Pair.open() for _ in range(SLICE + 10)]
+        streams = [pair.stream(outbox) for pair in pairs]
+
+        def publish_second() -> None:
+            for stream in streams:
+                stream.deliver(message(b"second"))
+
+        for stream in streams:
+            stream.deliver(message(b"first"))
+        # Runs right after the first slice, as a publish read between two
+        # slices would.
+        loop.call_soon(publish_second)
+        for _ in range(4):
+            await next_iteration()
+
+        first, second = b"\x00\x05first", b"\x00\x06second"
+        for pair in pairs[:SLICE]:
+            assert pair.transport.writes == [first, second]
+        for pair in pairs[SLICE:]:
+            assert pair.transport.writes == [first + second]
+        for pair in pairs:
+            pair.close()
 
     runner.run(scenario())
 
