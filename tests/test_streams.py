@@ -130,16 +130,16 @@ def test_frames_delivered_in_one_iteration_leave_in_one_write(
     async def scenario() -> None:
         pair = await Pair.open()
         stream = pair.stream(Outbox(asyncio.get_running_loop()))
-        stream.heartbeat()
         stream.deliver(message(b'{"n":1}'))
+        stream.heartbeat()
         stream.deliver(message(b'{"n":2}'))
         assert pair.transport.writes == []
 
         await next_iteration()
-        expected = HEARTBEAT.bare + b'\x00\x07{"n":1}' + b'\x00\x07{"n":2}'
+        expected = b'\x00\x07{"n":1}' + HEARTBEAT.bare + b'\x00\x07{"n":2}'
         assert pair.transport.writes == [expected]
         received = await pair.receive(len(expected))
-        assert FrameDecoder().feed(received) == [b"", b'{"n":1}', b'{"n":2}']
+        assert FrameDecoder().feed(received) == [b'{"n":1}', b"", b'{"n":2}']
         pair.close()
 
     runner.run(scenario())
@@ -152,7 +152,7 @@ def test_chunked_stream_sends_each_frame_as_one_chunk(
         pair = await Pair.open()
         stream = pair.stream(Outbox(asyncio.get_running_loop()), chunked=True)
 
-        stream.heartbeat()
+        stream.deliver(message(b""))
         stream.deliver(message(b"hi"))
         await next_iteration()
 
@@ -178,6 +178,20 @@ def test_frames_delivered_in_later_iterations_leave_in_later_writes(
 
         assert pair.transport.writes == [b"\x00\x011", b"\x00\x012"]
         assert await pair.receive(6) == b"\x00\x011\x00\x012"
+        pair.close()
+
+    runner.run(scenario())
+
+
+def test_an_idle_streams_heartbeat_is_written_at_once(
+    runner: asyncio.Runner,
+) -> None:
+    async def scenario() -> None:
+        pair = await Pair.open()
+        stream = pair.stream(Outbox(asyncio.get_running_loop()))
+        stream.heartbeat()
+        assert pair.transport.writes == [HEARTBEAT.bare]
+        assert await pair.receive(2) == HEARTBEAT.bare
         pair.close()
 
     runner.run(scenario())
@@ -271,7 +285,7 @@ def test_buffered_plus_queued_bytes_past_the_limit_abort_at_flush(
         pair.transport.real.write(b"\x00" * (8 * MIB))
         assert pair.transport.get_write_buffer_size() > MIB
 
-        stream.heartbeat()
+        stream.deliver(message(b"x"))
         assert pair.overflowed == []
         await next_iteration()
 

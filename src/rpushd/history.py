@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from rpushd.deliveries import Delivery, parse_id
@@ -41,10 +41,13 @@ class History:
         self.ttl = ttl
         self.max_bytes = max_bytes
         self.bytes = 0
+        self.held = 0
         self._clock = clock
-        # Every held delivery in publish order, with its channel; entries
-        # whose delivery a channel already let go are skipped when reached.
-        self._oldest_first: deque[tuple[Channel, Delivery]] = deque()
+        # Every held delivery's channel and number, in publish order. Only
+        # numbers: an entry whose delivery a channel already let go (its
+        # count bound) is skipped when reached, and must not keep the
+        # payload alive until then.
+        self._oldest_first: deque[tuple[Channel, int]] = deque()
 
     def record(self, channel: Channel, delivery: Delivery) -> None:
         """Hold ``delivery`` (after its fan-out, so its encodings count)."""
@@ -54,10 +57,25 @@ class History:
 
         delivery.held_bytes = delivery.footprint()
         channel.history.append(delivery)
-        self._oldest_first.append((channel, delivery))
+        self._oldest_first.append((channel, delivery.seq))
         self.bytes += delivery.held_bytes
+        self.held += 1
         if len(channel.history) > self.size:
             self._let_go(channel)
+        self.expire()
+        self._compact()
+
+    def account(self, deliveries: Iterable[Delivery]) -> None:
+        """Count encodings made for held deliveries since they were recorded.
+
+        A replay encodes held messages for the resuming stream's wire; those
+        bytes are held too, and count against ``max_bytes``.
+        """
+        for delivery in deliveries:
+            if delivery.held_bytes:
+                footprint = delivery.footprint()
+                self.bytes += footprint - delivery.held_bytes
+                delivery.held_bytes = footprint
         self.expire()
 
     def expire(self) -> None:
@@ -65,9 +83,14 @@ class History:
         cutoff = self._clock() - self.ttl
         queue = self._oldest_first
         while queue:
-            channel, delivery = queue[0]
-            held = channel.history and channel.history[0] is delivery
-            if held and delivery.published_at > cutoff and self.bytes <= self.max_bytes:
+            channel, seq = queue[0]
+            history = channel.history
+            held = bool(history) and history[0].seq == seq
+            if (
+                held
+                and history[0].published_at > cutoff
+                and self.bytes <= self.max_bytes
+            ):
                 break
             queue.popleft()
             if held:
@@ -105,3 +128,20 @@ class History:
         delivery = channel.history.popleft()
         channel.lost_upto = max(channel.lost_upto, delivery.seq)
         self.bytes -= delivery.held_bytes
+        delivery.held_bytes = 0
+        self.held -= 1
+
+    def _compact(self) -> None:
+        # A channel's count bound lets go of its oldest message while older
+        # ones of other channels are still held, so the publish-order queue
+        # keeps entries it will only skip. Rebuilding it once they are the
+        # majority keeps memory bounded by what is held, at a cost spread
+        # over the records that made them.
+        queue = self._oldest_first
+        if len(queue) <= 2 * self.held + 1024:
+            return
+        self._oldest_first = deque(
+            (channel, seq)
+            for channel, seq in queue
+            if channel.history and channel.history[0].seq <= seq
+        )

@@ -165,6 +165,7 @@ class Hub:
 
         owed.sort(key=lambda delivery: delivery.seq)
         parts.extend(delivery.encoded(wire) for delivery in owed)
+        self.history.account(owed)
         return b"".join(parts)
 
     # Timers.
@@ -266,4 +267,6 @@ class Hub:
         return Snapshot(figures, listed, verbose)
 
     def _stream_overflowed(self, stream: Stream) -> None:
+        # Gone as a subscriber now, even while its goodbye drains.
         self.counters.slow_subscriber_disconnects_total += 1
+        self.close_stream(stream)
