@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import subprocess
+import urllib.request
 import sys
 import threading
 import time
@@ -433,6 +434,15 @@ def test_dev_prints_curl_commands_that_work_as_printed(spawn: Spawn) -> None:
     )
     assert b"rpushd stats\n" in stats.stdout
     assert b"- demo | subscribers=1 |" in stats.stdout
+
+    # The printed demo page, and the client module it imports, are served.
+    page_url = re.search(r"http://\S+/demo/\?channel=demo&token=\S+", guide)
+    assert page_url is not None, guide
+    with urllib.request.urlopen(page_url.group(0), timeout=5 * UNIT) as page:
+        assert b'from "./rpushd.js"' in page.read()
+    module_url = f"http://127.0.0.1:{port}/demo/rpushd.js"
+    with urllib.request.urlopen(module_url, timeout=5 * UNIT) as module:
+        assert module.headers["Content-Type"].startswith("text/javascript")
 
     # SIGTERM ends dev cleanly, and ends the open stream properly too.
     dev.process.send_signal(signal.SIGTERM)

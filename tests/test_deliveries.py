@@ -170,8 +170,9 @@ def test_message_envelope_carries_scalar_payloads() -> None:
 def test_hello_envelope() -> None:
     assert hello_envelope(15, EPOCH, "0badcafe-41") == (
         b'{"type":"hello","heartbeat_secs":15,"epoch":"0badcafe",'
-        b'"last_id":"0badcafe-41"}'
+        b'"last_id":"0badcafe-41","replay":0}'
     )
+    assert b'"replay":3}' in hello_envelope(15, EPOCH, "0badcafe-41", 3)
 
 
 @pytest.mark.parametrize("reason", ["too_old", "other_epoch", "unknown"])

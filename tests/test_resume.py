@@ -158,6 +158,7 @@ def test_envelope_stream_opens_with_hello(quiet: Daemon, publisher: Publisher) -
         "heartbeat_secs": 15,
         "epoch": epoch(newest),
         "last_id": newest,
+        "replay": 0,
     }
 
 

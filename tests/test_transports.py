@@ -226,6 +226,7 @@ def test_events_open_with_retry_then_hello_carrying_its_id(
         "heartbeat_secs": 1,
         "epoch": newest.split("-")[0],
         "last_id": newest,
+        "replay": 0,
     }
 
 

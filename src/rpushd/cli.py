@@ -24,7 +24,7 @@ from typing import NoReturn
 import orjson
 import uvloop
 
-from rpushd import __version__, client, config, logs, tokens
+from rpushd import __version__, client, config, demo, logs, tokens
 from rpushd.channels import is_valid_name
 from rpushd.errors import RpushdError
 from rpushd.server import Server, raise_file_limit, serve
@@ -131,7 +131,8 @@ def _dev(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     )
     logs.configure(settings)
     raise_file_limit()
-    return uvloop.run(serve(settings, ready=_print_dev_guide))
+    files = demo.pages()
+    return uvloop.run(serve(settings, ready=_print_dev_guide, files=files))
 
 
 def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -234,6 +235,10 @@ def _print_dev_guide(server: Server) -> None:
     message = {"channel": DEV_CHANNEL, "message": {"hello": "world"}}
     publish_body = shlex.quote(orjson.dumps(message).decode())
     auth = shlex.quote(f"Authorization: Bearer {publish_secret}")
+    if demo.pages():
+        demo_line = f"{base}{demo.PREFIX}?channel={DEV_CHANNEL}&token={token}"
+    else:
+        demo_line = "(no demo page: clients/js is not beside this installation)"
 
     print(
         f"""
@@ -256,7 +261,11 @@ rpushd dev: a throwaway daemon with fresh secrets on {server.address}
    or: RPUSHD_LISTEN={server.address} RPUSHD_PUBLISH_SECRET={publish_secret} \\
      {_own_command()} publish {DEV_CHANNEL} '{{"hello":"world"}}'
 
-3. Statistics:
+3. Watch it in a browser, through the JavaScript client (clients/js):
+
+   {demo_line}
+
+4. Statistics:
 
    curl -s -H {auth} '{base}/api/stats?verbose=1'
 

@@ -102,14 +102,21 @@ class Delivery:
         return len(self.payload) + sum(len(data) for data in self._encoded.values())
 
 
-def hello_envelope(heartbeat_secs: int, epoch: str, last_id: str) -> bytes:
-    """The first item of every envelope stream."""
+def hello_envelope(
+    heartbeat_secs: int, epoch: str, last_id: str, replay: int = 0
+) -> bytes:
+    """The first item of every envelope stream.
+
+    ``replay`` counts the gap and message items that follow it before the
+    stream is live; ``last_id`` is the position once they have been sent.
+    """
     return orjson.dumps(
         {
             "type": "hello",
             "heartbeat_secs": heartbeat_secs,
             "epoch": epoch,
             "last_id": last_id,
+            "replay": replay,
         }
     )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -89,11 +90,18 @@ _ROUTES: dict[str, tuple[Route, tuple[str, ...]]] = {
 class Endpoints:
     """Routes requests and answers them against one :class:`Hub`."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, files: Mapping[str, Response] | None = None) -> None:
         self.hub = hub
+        # Fixed answers by path (the dev demo page); none in production.
+        self._files = dict(files or {})
 
     def resolve(self, method: str, path: str) -> Route | Response:
         """The route for ``method`` and ``path``, or a 404 or 405 answer."""
+        if path in self._files:
+            if method in ("GET", "HEAD"):
+                return Route("file", channel=path)
+            return error_response(405, "method not allowed", Allow="GET, HEAD")
+
         found = _ROUTES.get(path)
         if found is None and path.startswith(STREAM_PREFIX):
             segment = path[len(STREAM_PREFIX) :]
@@ -129,6 +137,8 @@ class Endpoints:
         try:
             if route.endpoint == "healthz":
                 return HEALTHY
+            if route.endpoint == "file":
+                return self._files[route.channel]
             if route.endpoint == "publish":
                 return self._publish(request)
             if route.endpoint == "stats":

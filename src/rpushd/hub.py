@@ -146,24 +146,26 @@ class Hub:
                 self.channels.unsubscribe(channel, stream)
 
     def _envelope_opening(self, stream: Stream, last_id: str | None) -> bytes:
+        """The hello, then any gaps and the replay, as one block of bytes."""
         wire = stream.wire
-        position = f"{self.epoch}-{self.position}"
-        hello = hello_envelope(self.config.heartbeat_secs, self.epoch, position)
-        parts = [wire.control("hello", hello, position)]
-        if last_id is None:
-            return b"".join(parts)
-
+        gaps: list[bytes] = []
         owed: list[Delivery] = []
-        for channel in stream.channels:
-            reason, held = self.history.replay(
-                channel, last_id, self.epoch, self.position
-            )
-            if reason is not None:
-                gap = gap_envelope(channel.name, reason)
-                parts.append(wire.control("gap", gap, None))
-            owed.extend(held)
-
+        if last_id is not None:
+            for channel in stream.channels:
+                reason, held = self.history.replay(
+                    channel, last_id, self.epoch, self.position
+                )
+                if reason is not None:
+                    gap = gap_envelope(channel.name, reason)
+                    gaps.append(wire.control("gap", gap, None))
+                owed.extend(held)
         owed.sort(key=lambda delivery: delivery.seq)
+
+        position = f"{self.epoch}-{self.position}"
+        hello = hello_envelope(
+            self.config.heartbeat_secs, self.epoch, position, len(gaps) + len(owed)
+        )
+        parts = [wire.control("hello", hello, position), *gaps]
         parts.extend(delivery.encoded(wire) for delivery in owed)
         self.history.account(owed)
         return b"".join(parts)

@@ -30,6 +30,7 @@ from rpushd.connection import HttpConnection
 from rpushd.endpoints import Endpoints
 from rpushd.errors import ConfigError
 from rpushd.heartbeats import TICKS_PER_SECOND
+from rpushd.http11 import Response
 from rpushd.hub import Hub
 from rpushd.systemd import Notifier
 
@@ -49,11 +50,16 @@ SPARE_FILES = 64
 class Server:
     """One daemon: a listening socket, a hub and its timers."""
 
-    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        notifier: Notifier | None = None,
+        files: Mapping[str, Response] | None = None,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self.hub = Hub(config, self._loop)
         self.hub.max_connections = config.max_connections or _connection_limit()
-        self._endpoints = Endpoints(self.hub)
+        self._endpoints = Endpoints(self.hub, files)
         self._notifier = notifier or Notifier({})
         self._server: asyncio.Server | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -209,14 +215,16 @@ async def serve(
     config: Config,
     ready: Callable[[Server], None] | None = None,
     reload_environ: Callable[[], Mapping[str, str]] | None = None,
+    files: Mapping[str, Response] | None = None,
 ) -> int:
     """Run the daemon until SIGTERM or SIGINT; return the exit status.
 
     ``reload_environ`` gives the settings to apply on SIGHUP; without it,
-    SIGHUP is logged and ignored.
+    SIGHUP is logged and ignored. ``files`` are fixed answers by path (the
+    dev demo page).
     """
     loop = asyncio.get_running_loop()
-    server = Server(config, Notifier(os.environ))
+    server = Server(config, Notifier(os.environ), files)
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
