@@ -12,10 +12,10 @@ import re
 import signal
 import socket
 import subprocess
-import urllib.request
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
