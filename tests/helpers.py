@@ -68,7 +68,12 @@ class Daemon:
             text=True,
         )
         threading.Thread(target=self._read_stderr, daemon=True).start()
-        line = self.wait_for_log("listening on", 10 * UNIT)
+        try:
+            line = self.wait_for_log("listening on", 10 * UNIT)
+        except BaseException:
+            # Never leave a daemon behind when it did not come up as asked.
+            self.kill()
+            raise
         # Text and JSON log lines alike: the address ends at a space or quote.
         after = line.rsplit("listening on ", 1)[1]
         address = re.split(r'[\s"]', after, maxsplit=1)[0]

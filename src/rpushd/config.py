@@ -137,7 +137,10 @@ def parse_listen(value: str) -> tuple[str, int]:
     """Split ``IP:PORT`` (IPv6 as ``[::1]:PORT``) into host and port."""
     text = value.strip()
     host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isascii() or not port_text.isdigit():
+    # A port has at most 5 digits; checking first also keeps int() away
+    # from strings long enough for it to refuse.
+    digits = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
+    if not sep or not digits:
         raise ConfigError(f"RPUSHD_LISTEN must be IP:PORT, got {value!r}")
 
     if host.startswith("[") and host.endswith("]"):
