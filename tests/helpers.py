@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,6 +206,50 @@ def request(
         connection.close()
 
 
+def wait_until(
+    condition: Callable[[], bool], timeout: float = 5 * UNIT, what: str = ""
+) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {what or 'a condition'}"
+            )
+        time.sleep(0.02 * UNIT)
+
+
+def wait_ready(
+    process: subprocess.Popen[Any],
+    port: int,
+    path: str,
+    timeout: float,
+    describe: Callable[[], str],
+) -> bool:
+    """Poll ``GET path`` on ``port`` until it answers 200.
+
+    Returns ``False`` if ``process`` exits first (a caller may retry on
+    another port); fails with ``describe()`` if the time runs out.
+    """
+    deadline = time.monotonic() + timeout
+    last = "no attempt"
+    while time.monotonic() < deadline:
+        try:
+            reply = request(port, "GET", path)
+        except (OSError, http.client.HTTPException) as exc:
+            last = repr(exc)
+        else:
+            if reply.status == 200:
+                return True
+            last = f"HTTP {reply.status}"
+        try:
+            process.wait(timeout=0.05 * UNIT)
+        except subprocess.TimeoutExpired:
+            continue
+        return False
+    raise AssertionError(f"not ready after {timeout} s ({last}):\n" + describe())
+
+
 def make_token(channel: str, ttl: int = 3600, secret: str = SECRET) -> str:
     return tokens.mint(channel, secret.encode(), int(time.time()) + ttl)
 
@@ -228,6 +272,51 @@ def read_until_closed(sock: socket.socket, timeout: float = 5 * UNIT) -> bytes:
             break
         chunks.append(data)
     return b"".join(chunks)
+
+
+def receive_some(sock: socket.socket, deadline: float, what: str) -> bytes:
+    """One read before ``deadline``; ``b""`` once the peer has closed."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError(f"no {what} arrived")
+    sock.settimeout(remaining)
+    try:
+        return sock.recv(65536)
+    except TimeoutError:
+        raise TimeoutError(f"no {what} arrived") from None
+    except ConnectionResetError:
+        return b""
+
+
+class Dechunker:
+    """Undoes the chunked transfer coding as far as the bytes so far allow.
+
+    ``ended`` is set once the last (zero-size) chunk has arrived.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.ended = False
+
+    def feed(self, data: bytes) -> bytes:
+        """Add received bytes; return the body bytes they complete."""
+        self._buffer += data
+        body = bytearray()
+        while not self.ended:
+            line_end = self._buffer.find(b"\r\n")
+            if line_end < 0:
+                break
+            size = int(bytes(self._buffer[:line_end]).split(b";")[0], 16)
+            end = line_end + 2 + size + 2
+            if size and len(self._buffer) < end:
+                break
+            if size:
+                assert self._buffer[end - 2 : end] == b"\r\n", bytes(self._buffer)
+                body += self._buffer[line_end + 2 : end - 2]
+                del self._buffer[:end]
+            else:
+                self.ended = True
+        return bytes(body)
 
 
 def read_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
@@ -257,7 +346,7 @@ class Stream:
     head: dict[str, str]
     chunked: bool
     raw: bytearray = field(default_factory=bytearray)
-    _buffer: bytearray = field(default_factory=bytearray)
+    _dechunker: Dechunker = field(default_factory=Dechunker)
     _frames: list[bytes] = field(default_factory=list)
     _decoder: FrameDecoder = field(default_factory=FrameDecoder)
     ended: bool = False
@@ -305,16 +394,10 @@ class Stream:
         """The next frame's payload (``b""`` for a heartbeat)."""
         deadline = time.monotonic() + timeout
         while not self._frames:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.ended:
+            if self.ended:
                 raise TimeoutError("no frame arrived")
-            self.sock.settimeout(remaining)
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                raise TimeoutError("no frame arrived") from None
-            if not data:
-                self.ended = True
+            data = receive_some(self.sock, deadline, "frame")
+            self.ended = not data
             self._absorb(data)
         return self._frames.pop(0)
 
@@ -334,23 +417,8 @@ class Stream:
 
     def _absorb(self, data: bytes) -> None:
         self.raw += data
-        if not self.chunked:
-            self._frames += self._decoder.feed(data)
-            return
-        self._buffer += data
-        while True:
-            line_end = self._buffer.find(b"\r\n")
-            if line_end < 0:
-                return
-            size = int(self._buffer[:line_end], 16)
-            if size == 0:
-                return
-            end = line_end + 2 + size + 2
-            if len(self._buffer) < end:
-                return
-            chunk = bytes(self._buffer[line_end + 2 : end - 2])
-            del self._buffer[:end]
-            self._frames += self._decoder.feed(chunk)
+        body = self._dechunker.feed(data) if self.chunked else data
+        self._frames += self._decoder.feed(body)
 
     def close(self) -> None:
         self.sock.close()
@@ -497,24 +565,8 @@ http {{
     def _wait_ready(self, timeout: float) -> bool:
         """Poll ``ready_path``; ``False`` if nginx exits first."""
         assert self.process is not None
-        deadline = time.monotonic() + timeout
-        last = "no attempt"
-        while time.monotonic() < deadline:
-            try:
-                reply = request(self.port, "GET", self.ready_path)
-            except (OSError, http.client.HTTPException) as exc:
-                last = repr(exc)
-            else:
-                if reply.status == 200:
-                    return True
-                last = f"HTTP {reply.status}"
-            try:
-                self.process.wait(timeout=0.05 * UNIT)
-            except subprocess.TimeoutExpired:
-                continue
-            return False
-        raise AssertionError(
-            f"nginx not ready after {timeout} s ({last}):\n" + self.log_text()
+        return wait_ready(
+            self.process, self.port, self.ready_path, timeout, self.log_text
         )
 
     def pause(self) -> None:

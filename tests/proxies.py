@@ -18,7 +18,6 @@ Server-Sent Events and :class:`WebSocketClient` for WebSockets.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import pwd
@@ -44,13 +43,16 @@ import helpers
 from helpers import (
     UNIT,
     Daemon,
+    Dechunker,
     Reply,
     Stream,
     connect,
     free_port,
     make_token,
     read_head,
+    receive_some,
     request,
+    wait_ready,
 )
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -176,24 +178,12 @@ class Proxy:
     def _wait_ready(self, timeout: float) -> bool:
         """Poll healthz through the proxy; ``False`` if it exits first."""
         assert self.process is not None
-        deadline = time.monotonic() + timeout
-        last = "no attempt"
-        while time.monotonic() < deadline:
-            try:
-                reply = request(self.port, "GET", f"{PREFIX}/healthz")
-            except (OSError, http.client.HTTPException) as exc:
-                last = repr(exc)
-            else:
-                if reply.status == 200:
-                    return True
-                last = f"HTTP {reply.status}"
-            try:
-                self.process.wait(timeout=0.05 * UNIT)
-            except subprocess.TimeoutExpired:
-                continue
-            return False
-        raise AssertionError(
-            f"{self.name} not ready after {timeout} s ({last}):\n" + self.log_text()
+        return wait_ready(
+            self.process,
+            self.port,
+            f"{PREFIX}/healthz",
+            timeout,
+            lambda: f"{self.name}:\n{self.log_text()}",
         )
 
     def stop(self) -> None:
@@ -526,32 +516,6 @@ def running_proxy(
 # Clients for the other transports.
 
 
-class Dechunker:
-    """Undoes chunked transfer coding as far as the bytes so far allow."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self.finished = False
-
-    def feed(self, data: bytes) -> bytes:
-        self._buffer += data
-        out = bytearray()
-        while not self.finished:
-            line_end = self._buffer.find(b"\r\n")
-            if line_end < 0:
-                break
-            size = int(bytes(self._buffer[:line_end]).split(b";")[0], 16)
-            if size == 0:
-                self.finished = True
-                break
-            end = line_end + 2 + size + 2
-            if len(self._buffer) < end:
-                break
-            out += self._buffer[line_end + 2 : end - 2]
-            del self._buffer[:end]
-        return bytes(out)
-
-
 class EventStream:
     """A raw EventSource: its response head, then events one by one.
 
@@ -585,16 +549,10 @@ class EventStream:
     def next_event(self, timeout: float = 5 * UNIT) -> dict[str, str]:
         deadline = time.monotonic() + timeout
         while not self._events:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.ended:
+            if self.ended:
                 raise TimeoutError("no event arrived")
-            self.sock.settimeout(remaining)
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                raise TimeoutError("no event arrived") from None
-            if not data:
-                self.ended = True
+            data = receive_some(self.sock, deadline, "event")
+            self.ended = not data
             self._absorb(data)
         return self._events.pop(0)
 
@@ -667,14 +625,7 @@ class WebSocketClient:
                 return dict(json.loads(frame.data))
 
     def _receive(self, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("nothing arrived on the websocket")
-        self.sock.settimeout(remaining)
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
-            raise TimeoutError("nothing arrived on the websocket") from None
+        data = receive_some(self.sock, deadline, "websocket frame")
         if data:
             self.protocol.receive_data(data)
         else:

@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from helpers import PUBLISH_SECRET, UNIT, Stream, make_token, read_head
+from helpers import (
+    PUBLISH_SECRET,
+    UNIT,
+    Dechunker,
+    Stream,
+    make_token,
+    read_head,
+    receive_some,
+)
 
 
 def query(
@@ -182,31 +190,6 @@ def parse_event(raw: bytes) -> Event:
     return event
 
 
-class Dechunker:
-    """Undo the chunked transfer coding; notes the last chunk."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self.ended = False
-
-    def feed(self, data: bytes) -> bytes:
-        self._buffer += data
-        body = bytearray()
-        while not self.ended:
-            line_end = self._buffer.find(b"\r\n")
-            if line_end < 0:
-                break
-            size = int(self._buffer[:line_end], 16)
-            end = line_end + 2 + size + 2
-            if len(self._buffer) < end:
-                break
-            assert self._buffer[end - 2 : end] == b"\r\n", bytes(self._buffer)
-            body += self._buffer[line_end + 2 : end - 2]
-            del self._buffer[:end]
-            self.ended = size == 0
-        return bytes(body)
-
-
 class EventStream:
     """A raw ``EventSource``: the head, then events read one by one."""
 
@@ -248,18 +231,10 @@ class EventStream:
         self._pending += body
 
     def _receive(self, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or self.closed:
+        if self.closed:
             raise TimeoutError("no event arrived")
-        self.sock.settimeout(remaining)
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
-            raise TimeoutError("no event arrived") from None
-        except ConnectionResetError:
-            data = b""
-        if not data:
-            self.closed = True
+        data = receive_some(self.sock, deadline, "event")
+        self.closed = not data
         self._absorb(data)
 
     def next_block(self, timeout: float = 5 * UNIT) -> bytes:
@@ -385,18 +360,10 @@ class RawWebSocket:
         """The next frame as (opcode, payload)."""
         deadline = time.monotonic() + timeout
         while (frame := self._frame()) is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.closed:
+            if self.closed:
                 raise TimeoutError("no frame arrived")
-            self.sock.settimeout(remaining)
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                raise TimeoutError("no frame arrived") from None
-            except ConnectionResetError:
-                data = b""
-            if not data:
-                self.closed = True
+            data = receive_some(self.sock, deadline, "frame")
+            self.closed = not data
             self._buffer += data
         return frame
 

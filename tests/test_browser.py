@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import UNIT, Daemon, Nginx, free_port, make_token
+from helpers import UNIT, Daemon, Nginx, free_port, make_token, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = ROOT / "clients" / "js"
@@ -254,14 +253,6 @@ def browser(chromium: Any, site: Site) -> Iterator[Browser]:
         context.close()
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 5 * UNIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02 * UNIT)
-
-
 def assert_ids_increase(seen: dict[str, Any]) -> None:
     sequence = [int(item["id"].rsplit("-", 1)[1]) for item in seen["messages"]]
     assert sequence == sorted(set(sequence)), sequence
@@ -458,7 +449,7 @@ def test_close_stops_delivery_and_callbacks(
     browser.page.evaluate("subs.main.subscription.close()")
     wait_until(
         lambda: site.daemon.stats()["active_stream_connections"] == 1,
-        "the closed subscription's connection to end",
+        what="the closed subscription's connection to end",
     )
     before = browser.seen()
     site.publish("room-a", "a2")

@@ -9,7 +9,7 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,18 +24,11 @@ from helpers import (
     make_token,
     read_until_closed,
     request,
+    wait_until,
 )
 
 OTHER_SECRET = "another-subscribe-secret-0123456789abcdef"
 OTHER_PUBLISH_SECRET = "another-publish-secret-0123456789abcdef"
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5 * UNIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def open_envelope(daemon: Daemon, channel: str, ttl: int = 3600) -> Stream:

@@ -12,12 +12,12 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from helpers import UNIT, Daemon, make_token
+from helpers import UNIT, Daemon, make_token, wait_until
 from subscribers import FrameStream, Publisher, open_envelopes, open_many
 
 ID = re.compile(r"([0-9a-f]{8})-([1-9][0-9]*)")
@@ -35,14 +35,6 @@ def publisher(quiet: Daemon) -> Iterator[Publisher]:
     publisher = Publisher(quiet.port)
     yield publisher
     publisher.close()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5 * UNIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def seq(message_id: str) -> int:

@@ -9,20 +9,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import pytest
 
-from helpers import PUBLISH_SECRET, UNIT, Daemon, Stream, connect, make_token
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5 * UNIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
-
+from helpers import (
+    PUBLISH_SECRET,
+    UNIT,
+    Daemon,
+    Stream,
+    connect,
+    make_token,
+    wait_until,
+)
 
 # Shutdown.
 

@@ -9,14 +9,14 @@ import hashlib
 import json
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as websocket_connect
 
-from helpers import UNIT, Daemon, make_token
+from helpers import UNIT, Daemon, make_token, wait_until
 from subscribers import (
     CLOSE,
     PING,
@@ -49,14 +49,6 @@ def publisher(shared: Daemon) -> Iterator[Publisher]:
     publisher = Publisher(shared.port)
     yield publisher
     publisher.close()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5 * UNIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def envelope(message_id: str, channel: str, message: bytes) -> bytes:
