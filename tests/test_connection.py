@@ -368,3 +368,17 @@ def test_fresh_connection_that_sends_nothing_gets_the_request_timeout(
         started = time.monotonic()
         assert read_until_closed(sock, timeout=5 * UNIT) == b""
     assert time.monotonic() - started < 1.9 * UNIT
+
+
+@pytest.mark.parametrize(
+    ("target", "status"),
+    [("/nope", 404), ("/api/publish", 405), ("/api/stats", 401)],
+)
+def test_head_requests_refused_from_their_headers_get_no_body(
+    daemon: Daemon, target: str, status: int
+) -> None:
+    response = exchange(daemon, f"HEAD {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert status_of(response) == status
+    assert b"Content-Length: " in head
+    assert body == b""

@@ -184,7 +184,9 @@ def read_env_file(path: str | Path) -> dict[str, str]:
         raise ConfigError(f"cannot read env file {path}: {exc}") from None
 
     values: dict[str, str] = {}
-    for number, raw_line in enumerate(text.splitlines(), start=1):
+    # Only line feeds end a line, as for systemd: str.splitlines() would
+    # also split at form feeds and Unicode separators inside a value.
+    for number, raw_line in enumerate(text.split("\n"), start=1):
         line = raw_line.strip()
         if not line or line[0] in "#;":
             continue
@@ -227,8 +229,10 @@ def _whole(
         return default
 
     text = value.strip()
-    if not text.isascii() or not text.isdigit():
-        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    # Bounded length first: int() refuses strings of thousands of digits
+    # with ValueError, and no setting needs more than a dozen.
+    if not text.isascii() or not text.isdigit() or len(text) > 15:
+        raise ConfigError(f"{name} must be a whole number, got {value[:40]!r}")
 
     number = int(text)
     if not low <= number <= high:

@@ -96,6 +96,7 @@ class HttpConnection(asyncio.Protocol):
         "_began_in_this_read",
         "_unparsed_body_left",
         "_websocket",
+        "_head_request",
     )
 
     def __init__(self, hub: Hub, endpoints: Endpoints) -> None:
@@ -117,6 +118,7 @@ class HttpConnection(asyncio.Protocol):
         self._route: Route | None = None
         self._path = ""
         self._query = ""
+        self._head_request = False
         self._request_bytes = 0
         self._began_in_this_read = False
         self._unparsed_body_left = 0
@@ -220,6 +222,7 @@ class HttpConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         assert self._parser is not None
         method = self._parser.get_method().decode("ascii", "replace")
+        self._head_request = method == "HEAD"
         try:
             url = httptools.parse_url(bytes(self._url))
         except httptools.HttpParserInvalidURLError:
@@ -343,6 +346,7 @@ class HttpConnection(asyncio.Protocol):
         self._route = None
         self._path = ""
         self._query = ""
+        self._head_request = False
 
     def _turn_away(self) -> None:
         # Over RPUSHD_MAX_CONNECTIONS: answer before reading anything, and
@@ -469,7 +473,11 @@ class HttpConnection(asyncio.Protocol):
         """Answer a request we will not read to its end, then close."""
         if self._state is State.CLOSING:
             return
-        self._write(serialize_response(response, keep_alive=False))
+        self._write(
+            serialize_response(
+                response, keep_alive=False, head_only=self._head_request
+            )
+        )
         self._close_after_writing()
 
     def _close_after_writing(self) -> None:

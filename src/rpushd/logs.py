@@ -37,3 +37,6 @@ def configure(config: Config) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging_level(config))
+    # The websockets library logs a traceback at DEBUG for every handshake
+    # it refuses; our own line about the refusal is the useful one.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
