@@ -474,9 +474,7 @@ class HttpConnection(asyncio.Protocol):
         if self._state is State.CLOSING:
             return
         self._write(
-            serialize_response(
-                response, keep_alive=False, head_only=self._head_request
-            )
+            serialize_response(response, keep_alive=False, head_only=self._head_request)
         )
         self._close_after_writing()
 
