@@ -26,10 +26,6 @@ class Notifier:
         self._address = _socket_address(environ.get("NOTIFY_SOCKET", ""))
         self.watchdog_interval = _watchdog_interval(environ)
 
-    @property
-    def enabled(self) -> bool:
-        return self._address is not None
-
     def notify(self, *states: str) -> None:
         """Send ``KEY=VALUE`` states, one datagram, ignoring failures."""
         if self._address is None:
