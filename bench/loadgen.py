@@ -13,8 +13,9 @@ non-blocking sockets split over two epoll sets:
   least ``min_samples``), the publishers and the sockets still connecting.
   It is polled continually, also between slices of a bulk sweep, so that
   a sampled subscriber reads each message within about a millisecond.
-  Sampled subscribers decode every chunk and message: latency (publish time
-  is in the message), per-publisher order and duplicates come from them.
+  Sampled subscribers decode their whole stream (chunks, frames, events or
+  WebSocket frames, envelopes, messages): latency (publish time is in the
+  message), per-publisher order and duplicates come from them.
 
 Publishers are keep-alive HTTP/1.1 connections with one request in flight
 each (no pipelining). A publish plan sends on whichever connection is idle,
@@ -42,14 +43,13 @@ from dataclasses import dataclass, field
 
 from wire import (
     MARKER,
-    ChunkDecoder,
     Dialect,
     ResponseReader,
     WireError,
     decode_message,
     encode_message,
-    is_chunked,
     split_head,
+    websocket_key,
 )
 
 READ_SIZE = 256 * 1024
@@ -146,6 +146,8 @@ def percentile(ordered: Sequence[int], fraction: float) -> float | None:
 class State(enum.Enum):
     CONNECTING = "connecting"
     HEAD = "head"
+    OPENING = "opening"
+    """The head has arrived, not yet the stream's opening (heartbeat, hello)."""
     STREAMING = "streaming"
     CLOSED = "closed"
 
@@ -166,21 +168,26 @@ class Subscriber:
         "delivered",
         "decoder",
         "last_seq",
+        "key",
     )
 
-    def __init__(self, sock: socket.socket, channel: int, sampled: bool) -> None:
+    def __init__(
+        self, sock: socket.socket, channel: int, sampled: bool, dialect: Dialect
+    ) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.channel = channel
         self.sampled = sampled
         self.state = State.CONNECTING
         self.head = b""
+        """The response head so far, then the body until the stream opens."""
         self.started_at = 0.0
         self.ready_at = 0.0
         self.tail = b""
         self.delivered = 0
-        self.decoder = ChunkDecoder()
+        self.decoder = dialect.decoder()
         self.last_seq: dict[int, int] = {}
+        self.key = websocket_key() if dialect.upgrade else ""
 
 
 class Publisher:
@@ -332,9 +339,7 @@ class LoadGenerator:
         self.channels = list(channels)
         self.bulk_interval = bulk_interval
         self._server_cpu = server_cpu
-        self._requests = [
-            dialect.subscribe_request(name, token(name)) for name in self.channels
-        ]
+        self._tokens = [token(name) for name in self.channels]
         self._templates = [dialect.publish_template(name) for name in self.channels]
 
         self._fast = select.epoll()
@@ -368,8 +373,9 @@ class LoadGenerator:
         At most ``in_flight`` are connecting at once; pass ``len(channels)``
         to fire them all at the same moment. Every ``sample_every``-th
         stream, and at least ``min_samples`` in all, is sampled. A stream
-        counts as open once its response head (and, for rpushd, its first
-        heartbeat) has arrived; ``ready_seconds`` lists how long each took
+        counts as open once its response head and its opening (rpushd's
+        first heartbeat or hello envelope; nothing for nchan) have arrived;
+        ``ready_seconds`` lists how long each took
         from the start of this call.
         """
         samples = max(min_samples, len(channels) // max(1, sample_every))
@@ -611,7 +617,7 @@ class LoadGenerator:
     def _connect(self, channel: int, sampled: bool, started: float) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
-        sub = Subscriber(sock, channel, sampled)
+        sub = Subscriber(sock, channel, sampled, self.dialect)
         sub.started_at = started
         code = sock.connect_ex(self.address)
         if code not in (0, errno.EINPROGRESS):
@@ -629,8 +635,12 @@ class LoadGenerator:
             if code:
                 self._fail(sub, "connect: " + os.strerror(code))
                 return False
+            channel = self.channels[sub.channel]
+            request = self.dialect.subscribe_request(
+                channel, self._tokens[sub.channel], sub.key
+            )
             try:
-                sub.sock.send(self._requests[sub.channel])
+                sub.sock.send(request)
             except OSError as exc:
                 self._fail(sub, "send: " + (exc.strerror or "error"))
                 return False
@@ -648,6 +658,8 @@ class LoadGenerator:
         if not data:
             self._fail(sub, "closed before the stream opened")
             return False
+        if sub.state is State.OPENING:
+            return self._opening(sub, data)
         sub.head += data
         return self._check_head(sub)
 
@@ -663,33 +675,47 @@ class LoadGenerator:
             return False
 
         status, head, rest = split
-        if status != 200:
-            self._fail(sub, f"status {status}")
+        problem = self.dialect.head_problem(status, head, sub.key)
+        if problem:
+            self._fail(sub, problem)
             return False
-        if not is_chunked(head):
-            self._fail(sub, "stream body not chunked")
+        sub.state = State.OPENING
+        sub.head = b""
+        return self._opening(sub, rest)
+
+    def _opening(self, sub: Subscriber, data: bytes) -> bool:
+        """Decode a stream's first bytes until it opens; ``True`` once it has."""
+        sub.head += data
+        try:
+            messages = sub.decoder.feed(data)
+        except WireError as exc:
+            self._fail(sub, str(exc))
             return False
-        ready_after = self.dialect.ready_after
-        if len(rest) < len(ready_after):
+        if sub.decoder.ended:
+            self._fail(sub, "stream ended before it opened")
             return False
-        if not rest.startswith(ready_after):
-            self._fail(sub, "stream did not start with a heartbeat")
+        if not sub.decoder.ready:
+            if len(sub.head) > MAX_HEAD_BYTES:
+                self._fail(sub, "stream opening too large")
             return False
 
         sub.ready_at = time.monotonic()
         sub.state = State.STREAMING
-        sub.head = b""
+        received, sub.head = sub.head, b""
         del self._connecting[sub.fd]
-        rest = rest[len(ready_after) :]
         if sub.sampled:
-            self._absorb(sub, rest)
+            try:
+                self._record(sub, messages)
+            except WireError as exc:
+                self.tally.wire_errors += 1
+                self._lose(sub, str(exc))
         else:
             self._fast.unregister(sub.fd)
             self._bulk.register(sub.fd, _READ_EVENTS)
-            counted = rest.count(MARKER)
+            counted = received.count(MARKER)
             sub.delivered += counted
             self.tally.delivered += counted
-            sub.tail = rest[-_TAIL:]
+            sub.tail = received[-_TAIL:]
         return True
 
     def _read_sampled(self, sub: Subscriber) -> None:
@@ -708,29 +734,30 @@ class LoadGenerator:
 
     def _absorb(self, sub: Subscriber, data: bytes) -> None:
         """Decode a sampled stream's bytes: latency, order, duplicates."""
-        if not data:
-            return
-        now_us = int(time.monotonic() * 1_000_000)
-        tally = self.tally
         try:
-            for chunk in sub.decoder.feed(data):
-                payload = self.dialect.message_of(chunk)
-                if payload is None:
-                    continue
-                message = decode_message(payload)
-                tally.latencies_us.append(now_us - message.sent_us)
-                last = sub.last_seq.get(message.connection, -1)
-                if message.seq <= last:
-                    tally.order_errors += 1
-                sub.last_seq[message.connection] = message.seq
-                sub.delivered += 1
-                tally.delivered += 1
+            self._record(sub, sub.decoder.feed(data))
         except WireError as exc:
-            tally.wire_errors += 1
+            self.tally.wire_errors += 1
             self._lose(sub, str(exc))
             return
         if sub.decoder.ended:
             self._lose(sub, "server ended the stream")
+
+    def _record(self, sub: Subscriber, payloads: list[bytes]) -> None:
+        """Count a sampled stream's messages and take their latency."""
+        if not payloads:
+            return
+        now_us = int(time.monotonic() * 1_000_000)
+        tally = self.tally
+        for payload in payloads:
+            message = decode_message(payload)
+            tally.latencies_us.append(now_us - message.sent_us)
+            last = sub.last_seq.get(message.connection, -1)
+            if message.seq <= last:
+                tally.order_errors += 1
+            sub.last_seq[message.connection] = message.seq
+            sub.delivered += 1
+            tally.delivered += 1
 
     def _fail(self, sub: Subscriber, reason: str) -> None:
         """A stream that never opened."""

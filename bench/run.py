@@ -3,6 +3,8 @@
     python bench/run.py all                         every scenario, both servers
     python bench/run.py S1 --server ours            one scenario, one server
     python bench/run.py S1 --server ours --smoke    small numbers, short steps
+    python bench/run.py S1 --server ours --transport sse    S1 over SSE
+    python bench/run.py S1-websocket                S1 over WebSocket (ours)
     python bench/run.py all --report bench/RESULTS.md
 
 Each server under test runs pinned to core 0 and this process (the load
@@ -10,6 +12,9 @@ generator) to core 1. nchan is installed with apt-get when missing. The
 markdown table goes to stdout, progress to stderr; ``--json`` also writes
 every figure and step, ``--report`` a results page with the command, date
 and machine.
+
+``all`` includes S1-sse and S1-websocket, S1 over rpushd's Server-Sent
+Events and WebSocket transports; nchan is not run in those two.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from pathlib import Path
 
 from loadgen import raise_fd_limit
 from report import table
-from scenarios import SCENARIOS, SERVERS, Outcome, Settings, say
+from scenarios import SCENARIOS, SERVERS, TRANSPORTS, Outcome, Settings, say
 from servers import (
     LOADGEN_CORE,
     SERVER_CORE,
@@ -52,6 +57,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--server", choices=("ours", "nchan", "both"), default="both")
     parser.add_argument(
+        "--transport",
+        choices=("stream", *TRANSPORTS.values()),
+        default="stream",
+        help="rpushd's subscriber transport for S1 (sse, websocket: S1-sse, "
+        "S1-websocket); stream, the original, by default",
+    )
+    parser.add_argument(
         "--smoke", action="store_true", help="small numbers and 3 s steps"
     )
     parser.add_argument("--step-secs", type=float, help="seconds per measured step")
@@ -64,12 +76,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--report", type=Path, help="write a results page here")
     args = parser.parse_args(argv)
 
-    names = [name.upper() for name in args.scenarios]
-    if "ALL" in names:
-        names = list(SCENARIOS)
-    unknown = [name for name in names if name not in SCENARIOS]
+    known = {name.upper(): name for name in SCENARIOS}
+    wanted = [name.upper() for name in args.scenarios]
+    if "ALL" in wanted:
+        wanted = list(known)
+    unknown = [name for name in wanted if name not in known]
     if unknown:
         parser.error("unknown scenario: " + ", ".join(unknown))
+    names = [known[name] for name in wanted]
+    if args.transport != "stream":
+        if names != ["S1"]:
+            parser.error("--transport applies to S1 alone")
+        names = [f"S1-{args.transport}"]
     args.scenarios = names
     return args
 
@@ -99,6 +117,9 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     for scenario in args.scenarios:
         for server in servers:
+            if scenario in TRANSPORTS and server != "ours":
+                say(f"== {scenario} {server}: not run (rpushd's transports only)")
+                continue
             say(f"== {scenario} {server}")
             try:
                 outcome = SCENARIOS[scenario](server, settings, context)
@@ -173,7 +194,8 @@ def method(settings: Settings) -> list[str]:
         f"stream every {settings.bulk_interval:g} s so that one read returns "
         f"several messages; 1 stream in {settings.sample_every} (at least "
         f"{settings.min_samples}; 2 of the {settings.ingest_subscribers} in "
-        "S5) is read at once and decodes every chunk: latency, order and "
+        "S5) is read at once and decodes every chunk (S1-sse, S1-websocket: "
+        "every event or frame, and its envelope): latency, order and "
         "duplicates come from those",
         "loss: acknowledged publishes x streams of their channel - "
         "deliveries, counted after the step drains (until all arrived, or "

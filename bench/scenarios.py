@@ -1,5 +1,8 @@
 """The seven scenarios of the benchmark, each run against one server.
 
+S1 also runs over rpushd's other transports, Server-Sent Events and
+WebSocket, as S1-sse and S1-websocket (rpushd only).
+
 Every scenario starts a fresh server, checks that it delivers, drives it
 with a :class:`loadgen.LoadGenerator`, stops it and returns an
 :class:`Outcome`: its figures, the load generator's own CPU use, what was
@@ -33,6 +36,8 @@ from servers import (
 )
 
 SERVERS = ("ours", "nchan")
+TRANSPORTS = {"S1-sse": "sse", "S1-websocket": "websocket"}
+"""The S1 variants over rpushd's other transports; nchan is not run in them."""
 LATENCY_PROBLEM = "p99 "
 
 
@@ -135,9 +140,17 @@ def say(text: str) -> None:
 
 
 @contextmanager
-def running(name: str, outcome: Outcome, *, heartbeat_secs: int) -> Iterator[Server]:
-    """A fresh, verified server; its log warnings become notes at the end."""
-    server = start_rpushd(heartbeat_secs) if name == "ours" else start_nchan()
+def running(
+    name: str, outcome: Outcome, *, heartbeat_secs: int, transport: str = "stream"
+) -> Iterator[Server]:
+    """A fresh, verified server; its log warnings become notes at the end.
+
+    ``transport`` is the one rpushd's subscribers use (nchan has one).
+    """
+    if name == "ours":
+        server = start_rpushd(heartbeat_secs, transport)
+    else:
+        server = start_nchan()
     try:
         check_delivery(server)
         yield server
@@ -385,12 +398,15 @@ def broadcast_search(
     per_channel: int,
     publishers: int,
     start_rate: float,
+    transport: str = "stream",
 ) -> Outcome:
     """S1 and S2: ``channels`` x ``per_channel`` streams, max rate search."""
     outcome = Outcome(scenario, name)
     names = [f"bench-{i}" for i in range(channels)]
     wanted = [per_channel] * channels
-    with running(name, outcome, heartbeat_secs=settings.heartbeat_secs) as server:
+    with running(
+        name, outcome, heartbeat_secs=settings.heartbeat_secs, transport=transport
+    ) as server:
         lg = generator(server, names, settings)
         try:
             opened = open_streams(lg, wanted, settings, outcome)
@@ -480,6 +496,31 @@ def s1(name: str, settings: Settings, context: dict[str, Any]) -> Outcome:
                 "as no rate had p99 under the limit"
             )
     return outcome
+
+
+def s1_over(transport: str) -> Callable[[str, Settings, dict[str, Any]], Outcome]:
+    """S1 with rpushd's subscribers on ``transport``: SSE or WebSocket.
+
+    The same channel, subscribers, publishes and search as S1; each stream
+    is a ``GET /api/events`` or ``GET /api/ws`` carrying envelopes.
+    """
+
+    def scenario(name: str, settings: Settings, context: dict[str, Any]) -> Outcome:
+        if name != "ours":
+            raise ValueError(f"S1 over {transport} runs against rpushd only")
+        return broadcast_search(
+            name,
+            settings,
+            scenario=f"S1-{transport}",
+            channels=1,
+            per_channel=settings.broadcast_subscribers,
+            publishers=settings.broadcast_publishers,
+            start_rate=settings.broadcast_start_rate,
+            transport=transport,
+        )
+
+    scenario.__doc__ = f"S1 broadcast over rpushd's {transport} transport."
+    return scenario
 
 
 def s2(name: str, settings: Settings, context: dict[str, Any]) -> Outcome:
@@ -718,6 +759,7 @@ def s6(name: str, settings: Settings, context: dict[str, Any]) -> Outcome:
 
 SCENARIOS: dict[str, Callable[[str, Settings, dict[str, Any]], Outcome]] = {
     "S1": s1,
+    **{name: s1_over(transport) for name, transport in TRANSPORTS.items()},
     "S2": s2,
     "S3": s3,
     "S4": s4,

@@ -32,7 +32,6 @@ from importlib import metadata
 from pathlib import Path
 
 from wire import (
-    ChunkDecoder,
     Dialect,
     ResponseReader,
     decode_message,
@@ -40,6 +39,7 @@ from wire import (
     nchan_dialect,
     rpushd_dialect,
     split_head,
+    websocket_key,
 )
 
 from rpushd import tokens
@@ -175,8 +175,11 @@ class Server:
         return self.process.returncode
 
 
-def start_rpushd(heartbeat_secs: int = 15) -> Server:
-    """Start ``python -m rpushd serve`` pinned to the server core."""
+def start_rpushd(heartbeat_secs: int = 15, transport: str = "stream") -> Server:
+    """Start ``python -m rpushd serve`` pinned to the server core.
+
+    Its subscribers will use ``transport`` (see :func:`wire.rpushd_dialect`).
+    """
     secret = secrets.token_urlsafe(32)
     publish_secret = secrets.token_urlsafe(32)
     port = free_port()
@@ -201,7 +204,7 @@ def start_rpushd(heartbeat_secs: int = 15) -> Server:
     expires = int(time.time()) + 24 * 3600
     server = Server(
         name="ours",
-        dialect=rpushd_dialect(publish_secret),
+        dialect=rpushd_dialect(publish_secret, transport),
         port=port,
         process=process,
         workdir=workdir,
@@ -360,37 +363,36 @@ def check_delivery(server: Server, timeout: float = 5.0) -> None:
     """One subscriber, one publish: the exact message must arrive."""
     channel = "bench-check"
     dialect = server.dialect
+    key = websocket_key() if dialect.upgrade else ""
+    deadline = time.monotonic() + timeout
     with (
         socket.create_connection(("127.0.0.1", server.port), timeout) as sub,
         socket.create_connection(("127.0.0.1", server.port), timeout) as pub,
     ):
-        sub.sendall(dialect.subscribe_request(channel, server.token(channel)))
-        received = _read_until(sub, lambda data: _opened(data, dialect), timeout)
-        rest = received[received.index(b"\r\n\r\n") + 4 + len(dialect.ready_after) :]
+        sub.sendall(dialect.subscribe_request(channel, server.token(channel), key))
+        received = b""
+        while (split := split_head(received)) is None:
+            received += _receive(sub, deadline, "the stream opened")
+        status, head, rest = split
+        problem = dialect.head_problem(status, head, key)
+        if problem:
+            raise ServerError(f"{server.name} answered a subscribe: {problem}")
+        decoder = dialect.decoder()
+        payloads = decoder.feed(rest)
+        while not decoder.ready:
+            payloads += decoder.feed(_receive(sub, deadline, "the stream opened"))
 
         message = encode_message(0, 0, int(time.monotonic() * 1_000_000))
         pub.sendall(dialect.publish_request(channel, message))
         reader = ResponseReader()
         statuses: list[int] = []
         while not statuses:
-            data = pub.recv(65536)
-            if not data:
-                raise ServerError(f"{server.name} closed the publish connection")
-            statuses = reader.feed(data)
+            statuses = reader.feed(_receive(pub, deadline, "the publish answer"))
         if statuses[0] not in dialect.acked_statuses:
             raise ServerError(f"{server.name} answered a publish with {statuses[0]}")
 
-        decoder = ChunkDecoder()
-        deadline = time.monotonic() + timeout
-        payloads = [p for c in decoder.feed(rest) if (p := dialect.message_of(c))]
         while not payloads:
-            if time.monotonic() > deadline:
-                raise ServerError(f"{server.name} did not deliver the message")
-            sub.settimeout(max(0.01, deadline - time.monotonic()))
-            data = sub.recv(65536)
-            if not data:
-                raise ServerError(f"{server.name} closed the stream")
-            payloads = [p for c in decoder.feed(data) if (p := dialect.message_of(c))]
+            payloads = decoder.feed(_receive(sub, deadline, "the message"))
         if payloads[0] != message:
             raise ServerError(
                 f"{server.name} delivered {payloads[0]!r}, not {message!r}"
@@ -398,29 +400,18 @@ def check_delivery(server: Server, timeout: float = 5.0) -> None:
         decode_message(payloads[0])
 
 
-def _opened(data: bytes, dialect: Dialect) -> bool:
-    split = split_head(data)
-    if split is None:
-        return False
-    status, _head, rest = split
-    if status != 200:
-        raise ServerError(f"{dialect.name} answered a subscribe with {status}")
-    return len(rest) >= len(dialect.ready_after)
-
-
-def _read_until(
-    sock: socket.socket, done: Callable[[bytes], bool], timeout: float
-) -> bytes:
-    data = b""
-    deadline = time.monotonic() + timeout
-    while not done(data):
-        if time.monotonic() > deadline:
-            raise ServerError("no stream opened in time")
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        more = sock.recv(65536)
-        if not more:
-            raise ServerError("the server closed the stream before it opened")
-        data += more
+def _receive(sock: socket.socket, deadline: float, what: str) -> bytes:
+    """The next bytes ``sock`` receives before ``deadline``."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise ServerError(f"no {what} in time")
+    sock.settimeout(max(0.01, remaining))
+    try:
+        data = sock.recv(65536)
+    except TimeoutError:
+        raise ServerError(f"no {what} in time") from None
+    if not data:
+        raise ServerError(f"the server closed the connection before {what}")
     return data
 
 
