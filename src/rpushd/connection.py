@@ -3,9 +3,9 @@
 A connection moves through a few states::
 
     IDLE ──first byte──▶ REQUEST ──complete──▶ IDLE (keep-alive)
-                            │                    │
-                            ├──subscribe────▶ STREAMING (until either side closes)
-                            └──refused early─▶ CLOSING (lingering close)
+                            │
+                            ├──subscribe───▶ STREAMING (until a side closes)
+                            └──refused─────▶ CLOSING (lingering close)
 
 IDLE waits at most the keep-alive timeout for a next request, REQUEST at
 most the request timeout for its headers and body (408 when it runs out).
