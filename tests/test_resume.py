@@ -114,7 +114,7 @@ def test_publish_without_return_id_still_answers_204(
     assert reply.body == b""
 
 
-@pytest.mark.parametrize("value", ["true", 1, 0, None, [True]])
+@pytest.mark.parametrize("value", ["true", 1, 0, [True]])
 def test_return_id_must_be_a_boolean(quiet: Daemon, value: Any) -> None:
     before = quiet.stats()["publish_requests_total"]
     reply = quiet.request(
@@ -240,7 +240,6 @@ def test_envelope_stream_ends_with_a_close_envelope_on_shutdown() -> None:
         {"last_id": "0badcafe-1", "envelope": False},
         {"envelope": "true"},
         {"envelope": 1},
-        {"envelope": None},
         {"envelope": True, "last_id": 5},
         {"envelope": True, "last_id": ["0badcafe-1"]},
     ],
@@ -249,7 +248,6 @@ def test_envelope_stream_ends_with_a_close_envelope_on_shutdown() -> None:
         "last_id with envelope false",
         "envelope string",
         "envelope number",
-        "envelope null",
         "last_id number",
         "last_id list",
     ],

@@ -16,7 +16,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as websocket_connect
 
-from helpers import UNIT, Daemon, make_token, wait_until
+from helpers import UNIT, Daemon, make_token, read_head, wait_until
 from subscribers import (
     CLOSE,
     PING,
@@ -584,3 +584,34 @@ def test_slow_envelope_stream_is_disconnected_with_a_close_envelope() -> None:
         assert json.loads(frames[-1])["type"] == "close"
         assert all(json.loads(f)["type"] == "message" for f in frames[1:-1] if f)
         assert_slow_subscriber_gone(daemon)
+
+
+def test_websocket_upgrade_over_http10_is_refused(shared: Daemon) -> None:
+    token = make_token("ws-old")
+    with socket.create_connection(("127.0.0.1", shared.port)) as sock:
+        sock.sendall(
+            f"GET /api/ws?channel=ws-old&token={token} HTTP/1.0\r\n"
+            "Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        status, _, _ = read_head(sock)
+    assert status == 400
+
+
+def test_null_envelope_means_the_original_stream(shared: Daemon) -> None:
+    body = json.dumps({"token": make_token("flags"), "envelope": None}).encode()
+    with socket.create_connection(("127.0.0.1", shared.port)) as sock:
+        sock.sendall(
+            b"POST /api/stream/flags HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        status, _, rest = read_head(sock)
+    assert status == 200
+    assert rest.startswith(b"2\r\n\x00\x00\r\n")  # the original heartbeat
+
+
+def test_null_return_id_means_no_id(shared: Daemon) -> None:
+    body = {"channel": "flags", "message": 1, "return_id": None}
+    assert shared.request("POST", "/api/publish", body, auth=True).status == 204

@@ -408,6 +408,10 @@ class HttpConnection(asyncio.Protocol):
         chunked = request.http_version != "1.0"
 
         if subscription.transport == WEBSOCKET:
+            if not chunked:
+                # RFC 6455, section 4.1: the handshake is HTTP/1.1 or later.
+                self._refuse(error_response(400, "websocket needs HTTP/1.1"))
+                return
             head, switched = WebSocketSession.handshake(request.path, request.headers)
             if not switched:
                 self._refuse(_handshake_refusal(head))

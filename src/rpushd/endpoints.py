@@ -163,9 +163,7 @@ class Endpoints:
         body = decode_object(request.body, ("channel", "message"))
         channel = _channel_name(body["channel"])
         payload = encode_message(body["message"])
-        return_id = body.get("return_id", False)
-        if not isinstance(return_id, bool):
-            raise HTTPError(422, "return_id must be true or false")
+        return_id = _optional_flag(body, "return_id")
 
         delivery = self.hub.publish(channel, payload)
         if return_id:
@@ -189,9 +187,7 @@ class Endpoints:
 
     def _subscribe(self, route: Route, request: Request) -> OpenStream:
         body = decode_object(request.body, ("token",))
-        envelope = body.get("envelope", False)
-        if not isinstance(envelope, bool):
-            raise HTTPError(422, "envelope must be true or false")
+        envelope = _optional_flag(body, "envelope")
         last_id = _optional_string(body, "last_id")
         if last_id is not None and not envelope:
             raise HTTPError(422, "last_id needs envelope: true")
@@ -274,6 +270,16 @@ class Endpoints:
             for secret in self.hub.config.publish_secrets
         ]
         return any(matches)
+
+
+def _optional_flag(body: dict[str, Any], field: str) -> bool:
+    # Absent and null both mean false, as absent and null mean no last_id.
+    value = body.get(field)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise HTTPError(422, f"{field} must be true or false")
+    return value
 
 
 def _optional_string(body: dict[str, Any], field: str) -> str | None:
