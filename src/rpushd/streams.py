@@ -23,7 +23,10 @@ knows it may have missed something (PROTOCOL.md, "Deliberate differences").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from collections import deque
 from collections.abc import Callable
 
@@ -34,6 +37,9 @@ logger = logging.getLogger("rpushd.streams")
 
 # How long a stream ended for falling behind may take to drain its goodbye.
 OVERFLOW_LINGER_SECS = 2.0
+
+# SO_LINGER on, with a zero timeout: closing sends a reset at once.
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 # Streams written per turn of the event loop: a few milliseconds of writes,
 # after which publishes that arrived meanwhile are read.
@@ -173,18 +179,31 @@ class Stream:
         self._queue = []
         self._queued_bytes = 0
 
+    def _reset(self) -> None:
+        """Drop the connection with a TCP reset, discarding unsent data.
+
+        A plain abort closes the socket with a FIN, and the kernel then
+        keeps the unsent megabytes for minutes, trying to deliver them to
+        a client that does not read.
+        """
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+        self.transport.abort()
+
     def _overflow(self) -> None:
         unsent = self.transport.get_write_buffer_size() + self._queued_bytes
         self.detach()
         goodbye = self.wire.overflow
         if goodbye is None:
-            self.transport.abort()
+            self._reset()
         else:
             # The goodbye waits behind what is buffered; a client that does
             # not read it in time is cut off all the same.
             self.transport.write(goodbye)
             self.transport.close()
-            self._outbox.loop.call_later(OVERFLOW_LINGER_SECS, self.transport.abort)
+            self._outbox.loop.call_later(OVERFLOW_LINGER_SECS, self._reset)
 
         logger.warning(
             "disconnected slow subscriber %s on %s: %d bytes unsent "
