@@ -15,14 +15,20 @@ drives it from one asyncio (uvloop) process, on 127.0.0.1 only:
   and each is replaced by a stream of the same kind on the same channels;
   about half of the replacements of envelope kinds resume from the last id
   seen (SSE ones through ``last_id`` or ``Last-Event-ID``);
-- slow subscribers on 32 channels that stop reading, until the daemon cuts
-  them off;
+- slow subscribers on 32 channels that stop reading for up to 3 minutes.
+  On loopback the kernel alone buffers about 2.8 MB of such a stream, so
+  the daemon cuts one off only after some 2 minutes;
 - bad requests every second: forged, expired and misdirected tokens,
   garbage, a wrong bearer secret, malformed bodies, abandoned requests;
 - steady publishing over keep-alive connections. Each channel is pinned to
   one publish connection with one request in flight, so its messages carry
   sequence numbers that must arrive in order. A few publishes go to
   channels nobody follows, which the idle sweep then drops.
+
+Every ``--sample-secs`` a row shows the daemon's RSS and file descriptors,
+its streams, the rates, the churn so far, and the sockets on the daemon's
+port that no process owns any more but that still hold unsent data
+("orphans": connections it closed behind a peer that stopped reading).
 
 Every healthy stream checks what it receives: on each channel, sequence
 numbers must follow each other, across a resume too. A hole, a duplicate, a
@@ -102,7 +108,7 @@ MIX = (FRAMES,) * 3 + (ENVELOPES,) * 2 + (MANY,) + (EVENTS,) * 2 + (WEBSOCKET,) 
 """Kinds of the steady population, in proportion: 30 % original streams."""
 RESUMABLE = frozenset({ENVELOPES, MANY, EVENTS, WEBSOCKET})
 SLOW_KINDS = (MANY, EVENTS, WEBSOCKET)
-"""Kinds that follow many channels on one connection, so fall behind fast."""
+"""Kinds that follow many channels on one connection, so fall behind sooner."""
 LEAVE_METHODS = ("close", "reset", "half-close")
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
