@@ -92,13 +92,15 @@ class ChannelRegistry:
             self.subscriber_count -= 1
         channel.last_used = self._clock()
 
-    def publish(self, delivery: Delivery) -> Channel:
+    def publish(self, delivery: Delivery, channel: Channel | None = None) -> Channel:
         """Hand ``delivery`` to every subscriber of its channel.
 
+        ``channel`` spares the lookup when the caller just made it.
         Subscribers must not leave the set synchronously from ``deliver``:
         a disconnect is noticed later, from the transport's callback.
         """
-        channel = self.get(delivery.channel)
+        if channel is None:
+            channel = self.get(delivery.channel)
         for subscriber in channel.subscribers:
             subscriber.deliver(delivery)
         return channel

@@ -77,17 +77,17 @@ class Hub:
 
         # A channel this publish creates counts as having lost what came
         # before, not this message itself: look it up before numbering.
-        self.channels.get(channel)
+        target = self.channels.get(channel)
         self.position += 1
         delivery = Delivery(
             self.epoch, self.position, channel, payload, time.monotonic()
         )
 
         started = time.perf_counter()
-        held_by = self.channels.publish(delivery)
+        self.channels.publish(delivery, target)
         self.metrics.fanout_seconds.observe(time.perf_counter() - started)
 
-        self.history.record(held_by, delivery)
+        self.history.record(target, delivery)
         return delivery
 
     def open_stream(
