@@ -21,9 +21,15 @@ import select
 import socket
 import time
 
+WRITER_CORE = 0
+READER_CORE = 1
+
 
 def _reader(port: int, count: int, ready: multiprocessing.Event) -> None:
     """Open ``count`` connections and drain them, like idle subscribers."""
+    # On the other core, as the load generator: the writer's core then does
+    # only the writer's work (and the kernel's receive side, as in a run).
+    os.sched_setaffinity(0, {READER_CORE})
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
     poller = select.epoll()
     sockets = {}
@@ -82,7 +88,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
 
-    os.sched_setaffinity(0, {0})
+    os.sched_setaffinity(0, {WRITER_CORE})
     per_write, writes = measure(args.streams, args.bytes, args.seconds)
     print(
         f"{args.streams} streams, {args.bytes}-byte writes: {writes} writes, "
