@@ -282,6 +282,34 @@ def test_events_send_a_gap_as_a_named_event_without_id(
     assert stream.next_data().id == held
 
 
+def test_events_hello_carries_no_id_while_a_replay_follows(
+    shared: Daemon, publisher: Publisher
+) -> None:
+    # An EventSource adopts every id at once: had the hello carried the
+    # new position, a connection cut before the replay arrived would
+    # resume after messages the client never received.
+    ids = [publisher.publish("e-replay", n) for n in range(3)]
+    stream = open_events(shared.port, "e-replay", headers={"Last-Event-ID": ids[0]})
+    hello = stream.next_data()
+    assert (hello.event, hello.id, hello.json()["replay"]) == ("hello", None, 2)
+    assert [stream.next_data().id for _ in range(2)] == ids[1:]
+
+    again = open_events(shared.port, "e-replay", headers={"Last-Event-ID": ids[0]})
+    assert again.next_data().json()["replay"] == 2
+
+
+def test_events_give_the_position_with_the_last_gap_when_nothing_is_held(
+    shared: Daemon,
+) -> None:
+    stream = open_events(shared.port, "e-gap-only-1", "e-gap-only-2", last_id="x")
+    hello = stream.next_data()
+    assert (hello.id, hello.json()["replay"]) == (None, 2)
+
+    first, last = stream.next_data(), stream.next_data()
+    assert (first.event, first.id) == ("gap", None)
+    assert (last.event, last.id) == ("gap", hello.json()["last_id"])
+
+
 def test_events_follow_many_channels(shared: Daemon, publisher: Publisher) -> None:
     stream = open_events(shared.port, "e-1", "e-2")
     stream.next_data()

@@ -156,8 +156,7 @@ class Hub:
                     channel, last_id, self.epoch, self.position
                 )
                 if reason is not None:
-                    gap = gap_envelope(channel.name, reason)
-                    gaps.append(wire.control("gap", gap, None))
+                    gaps.append(gap_envelope(channel.name, reason))
                 owed.extend(held)
         owed.sort(key=lambda delivery: delivery.seq)
 
@@ -165,7 +164,19 @@ class Hub:
         hello = hello_envelope(
             self.config.heartbeat_secs, self.epoch, position, len(gaps) + len(owed)
         )
-        parts = [wire.control("hello", hello, position), *gaps]
+        # An item's id is a position to resume from, and an EventSource
+        # adopts it as soon as the item arrives. Only the opening's last
+        # item may therefore carry the new position (replayed messages
+        # carry their own ids): a connection cut during the replay resumes
+        # from what actually arrived, and is told of its gaps again.
+        ids: list[str | None] = [None] * (1 + len(gaps))
+        if not owed:
+            ids[-1] = position
+        parts = [wire.control("hello", hello, ids[0])]
+        parts.extend(
+            wire.control("gap", gap, gap_id)
+            for gap, gap_id in zip(gaps, ids[1:], strict=True)
+        )
         parts.extend(delivery.encoded(wire) for delivery in owed)
         self.history.account(owed)
         return b"".join(parts)
