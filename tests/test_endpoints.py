@@ -226,6 +226,19 @@ def test_publishers_can_reuse_one_keep_alive_connection(daemon: Daemon) -> None:
     assert daemon.stats()["publish_requests_total"] == 20
 
 
+def test_whitespace_after_a_header_value_is_not_part_of_it(daemon: Daemon) -> None:
+    body = b'{"channel":"ows","message":1}'
+    request = (
+        b"POST /api/publish HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + PUBLISH_SECRET.encode() + b" \t \r\n"
+        b"Content-Type: application/json \r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    ) + body
+    with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
+        sock.sendall(request)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 204 No Content\r\n")
+
+
 def test_pipelined_publishes_are_answered_in_order(daemon: Daemon) -> None:
     stream = daemon.subscribe("pipe")
     requests = b""

@@ -210,7 +210,8 @@ class HttpConnection(asyncio.Protocol):
             raise _Stop
 
         key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
+        # RFC 9110, section 5.5: whitespace around a value is not part of it.
+        text = value.decode("latin-1").strip(" \t")
         if key in self._headers and key not in ("authorization", "content-type"):
             self._headers[key] += ", " + text
         elif key in self._headers:
