@@ -547,6 +547,26 @@ def test_websocket_endpoint_without_upgrade_answers_json_4xx(
     assert "error" in reply.json()
 
 
+def test_websocket_endpoint_names_what_to_upgrade_to(shared: Daemon) -> None:
+    target = "/api/ws?" + query("w-426")
+    plain = shared.request("GET", target)
+    assert (plain.status, plain.headers["Upgrade"]) == (426, "websocket")
+
+    old = shared.request(
+        "GET",
+        target,
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version": "8",
+        },
+    )
+    assert old.status == 426
+    assert old.headers["Sec-WebSocket-Version"] == "13"
+    assert old.json() == {"error": "bad websocket handshake"}
+
+
 def test_websocket_says_goodbye_with_1001_on_shutdown() -> None:
     with Daemon() as daemon:
         websocket = open_websocket(daemon.port, "w-bye")

@@ -16,6 +16,7 @@ from rpushd.websocket import (
     WebSocketSession,
     close_frame,
     encode_frame,
+    refusal,
 )
 
 # RFC 6455, section 1.3: the sample key and the accept value it yields.
@@ -153,6 +154,22 @@ def test_handshake_refuses_a_bad_upgrade(
     response, switched = WebSocketSession.handshake("/api/ws", headers)
     assert not switched
     assert response.startswith(b"HTTP/1.1 " + status + b" ")
+
+
+@pytest.mark.parametrize(
+    ("status", "version", "expected"),
+    [
+        (400, "8", (426, [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")])),
+        (426, "13", (426, [("Upgrade", "websocket")])),
+        (400, "13", (400, [])),
+        (400, "", (400, [])),
+        (500, "13", (400, [])),
+    ],
+)
+def test_refused_handshake_says_which_version_and_protocol_to_use(
+    status: int, version: str, expected: tuple[int, list[tuple[str, str]]]
+) -> None:
+    assert refusal(status, version) == expected
 
 
 # What the client sends.

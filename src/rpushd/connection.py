@@ -415,7 +415,7 @@ class HttpConnection(asyncio.Protocol):
                 return
             head, switched = WebSocketSession.handshake(request.path, request.headers)
             if not switched:
-                self._refuse(_handshake_refusal(head))
+                self._refuse(_handshake_refusal(head, request.headers))
                 return
             wire = websocket.WEBSOCKET
             self._websocket = WebSocketSession()
@@ -521,9 +521,11 @@ class HttpConnection(asyncio.Protocol):
             self._transport.close()
 
 
-def _handshake_refusal(head: bytes) -> Response:
+def _handshake_refusal(head: bytes, headers: dict[str, str]) -> Response:
     """Our own JSON error for a handshake the WebSocket library refused."""
-    status = int(head.split(b" ", 2)[1])
-    return error_response(
-        status if 400 <= status < 500 else 400, "bad websocket handshake"
+    status, extra = websocket.refusal(
+        int(head.split(b" ", 2)[1]), headers.get("sec-websocket-version", "")
     )
+    refused = error_response(status, "bad websocket handshake")
+    refused.headers.extend(extra)
+    return refused

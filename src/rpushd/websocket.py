@@ -27,6 +27,9 @@ BAD_REQUEST = 4400
 # What the client may send us: pings, pongs, a close, and messages we drop.
 MAX_CLIENT_MESSAGE = 4096
 
+# The only version of the protocol there is (RFC 6455, section 4.1).
+VERSION = "13"
+
 
 def encode_frame(opcode: Opcode, data: bytes) -> bytes:
     """One unmasked frame, as a server sends it."""
@@ -57,6 +60,20 @@ WEBSOCKET = Wire(
     + close_frame(TOKEN_EXPIRED, "token expired"),
     close_frame(TOO_SLOW, "too far behind"),
 )
+
+
+def refusal(status: int, version: str) -> tuple[int, list[tuple[str, str]]]:
+    """Status and headers for a handshake refused with ``status``.
+
+    ``version`` is the client's ``Sec-WebSocket-Version``. A version we do
+    not speak gets 426 and the one we do (RFC 6455, section 4.4); a 426
+    names the protocol to upgrade to (RFC 9110, section 15.5.22).
+    """
+    if version and version != VERSION:
+        return 426, [("Upgrade", "websocket"), ("Sec-WebSocket-Version", VERSION)]
+    if status == 426:
+        return 426, [("Upgrade", "websocket")]
+    return (status if 400 <= status < 500 else 400), []
 
 
 class WebSocketSession:
