@@ -226,14 +226,18 @@ def test_publishers_can_reuse_one_keep_alive_connection(daemon: Daemon) -> None:
     assert daemon.stats()["publish_requests_total"] == 20
 
 
-def test_whitespace_after_a_header_value_is_not_part_of_it(daemon: Daemon) -> None:
-    body = b'{"channel":"ows","message":1}'
-    request = (
+def raw_publish(body: bytes, *, after_values: bytes = b"") -> bytes:
+    """A publish request as bytes; ``after_values`` ends two header values."""
+    return (
         b"POST /api/publish HTTP/1.1\r\nHost: x\r\n"
-        b"Authorization: Bearer " + PUBLISH_SECRET.encode() + b" \t \r\n"
-        b"Content-Type: application/json \r\n"
-        b"Content-Length: %d\r\n\r\n" % len(body)
-    ) + body
+        b"Authorization: Bearer %s%s\r\n"
+        b"Content-Type: application/json%s\r\n"
+        b"Content-Length: %d\r\n\r\n%s"
+    ) % (PUBLISH_SECRET.encode(), after_values, after_values, len(body), body)
+
+
+def test_whitespace_after_a_header_value_is_not_part_of_it(daemon: Daemon) -> None:
+    request = raw_publish(b'{"channel":"ows","message":1}', after_values=b" \t ")
     with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
         sock.sendall(request)
         assert sock.recv(65536).startswith(b"HTTP/1.1 204 No Content\r\n")
@@ -241,15 +245,10 @@ def test_whitespace_after_a_header_value_is_not_part_of_it(daemon: Daemon) -> No
 
 def test_pipelined_publishes_are_answered_in_order(daemon: Daemon) -> None:
     stream = daemon.subscribe("pipe")
-    requests = b""
-    for number in range(10):
-        body = json.dumps({"channel": "pipe", "message": number}).encode()
-        requests += (
-            b"POST /api/publish HTTP/1.1\r\nHost: x\r\n"
-            b"Authorization: Bearer " + PUBLISH_SECRET.encode() + b"\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n" % len(body)
-        ) + body
+    requests = b"".join(
+        raw_publish(json.dumps({"channel": "pipe", "message": number}).encode())
+        for number in range(10)
+    )
     with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
         sock.sendall(requests)
         received = b""
