@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import (
     PUBLISH_SECRET,
@@ -26,6 +27,7 @@ from helpers import (
     request,
     wait_until,
 )
+from rpushd import tokens
 
 OTHER_SECRET = "another-subscribe-secret-0123456789abcdef"
 OTHER_PUBLISH_SECRET = "another-publish-secret-0123456789abcdef"
@@ -95,6 +97,34 @@ def test_metrics_expose_every_stats_figure_and_the_histograms(
     for name in ("memory_rss_bytes", "uptime_seconds", "auth_failures_total"):
         assert f"rpushd_{name}" in text
     held.close()
+
+
+def test_metrics_parse_with_every_family_declared_once(daemon: Daemon) -> None:
+    Stream.open(daemon.port, "m", make_token("other")).close()
+    reply = daemon.request("GET", "/metrics", auth=True)
+    assert reply.status == 200
+    text = reply.body.decode()
+
+    families = list(text_string_to_metric_families(text))
+    names = [family.name for family in families]
+    assert len(names) == len(set(names)), names
+    for declaration in ("# HELP ", "# TYPE "):
+        declared = [
+            line.split()[2]
+            for line in text.splitlines()
+            if line.startswith(declaration)
+        ]
+        assert len(declared) == len(set(declared)), declared
+
+    # Every reason counts from zero, so that a sum is there before any refusal.
+    refused = next(f for f in families if f.name == "rpushd_refused_subscriptions")
+    counts = {
+        sample.labels["reason"]: sample.value
+        for sample in refused.samples
+        if sample.name.endswith("_total")
+    }
+    assert counts == {reason: 0.0 for reason in tokens.REASONS} | {"wrong_channel": 1}
+    assert daemon.stats()["refused_subscriptions_total"] == 1
 
 
 def test_metrics_require_the_publish_secret(daemon: Daemon) -> None:

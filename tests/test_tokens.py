@@ -6,7 +6,9 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import inspect
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +231,12 @@ def test_no_secrets_at_all_accepts_nothing() -> None:
     token = tokens.mint(CHANNEL, SECRET, NOW + 60)
     with pytest.raises(InvalidToken):
         tokens.verify(token, CHANNEL, [], NOW)
+
+
+# Reasons.
+
+
+def test_every_reason_a_token_is_refused_for_is_listed() -> None:
+    # The metrics show a zero for each listed reason before any refusal.
+    raised = re.findall(r'InvalidToken\("(\w+)"\)', inspect.getsource(tokens))
+    assert set(raised) == set(tokens.REASONS)

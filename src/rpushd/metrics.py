@@ -5,6 +5,10 @@ Built with ``prometheus-client`` on a registry of our own. Every figure of
 plain integer counters; the histograms and the refusal counter are the
 only things updated as work happens, once per publish or per refusal,
 never per subscriber.
+
+Each family name appears once, as the text format requires: refused
+subscriptions are only the counter labelled by reason, whose sum is the
+``refused_subscriptions_total`` figure of ``/api/stats``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from rpushd import tokens
 from rpushd.stats import Snapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -26,7 +31,6 @@ _COUNTERS = (
     "published_bytes_total",
     "auth_failures_total",
     "slow_subscriber_disconnects_total",
-    "refused_subscriptions_total",
     "refused_connections_total",
 )
 _GAUGES = (
@@ -95,6 +99,10 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        # A labelled counter shows no sample until its first increment; a
+        # zero for every reason lets rate() and sum() answer from the start.
+        for reason in tokens.REASONS:
+            self.refused_subscriptions.labels(reason)
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -26,6 +26,15 @@ from rpushd.payloads import has_duplicate_keys
 AUDIENCE = "rpushd"
 SCOPE = "subscribe"
 U64_MAX = 2**64 - 1
+# Every reason verify() refuses a token for, as InvalidToken.reason.
+REASONS = (
+    "malformed",
+    "bad_signature",
+    "wrong_audience",
+    "wrong_scope",
+    "wrong_channel",
+    "expired",
+)
 
 _BASE64URL = re.compile(rb"[A-Za-z0-9_-]*")
 _HEADER = b'{"alg":"HS256","typ":"JWT"}'
