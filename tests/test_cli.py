@@ -6,6 +6,7 @@ traceback. Commands that talk to a daemon are run against a real one.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -24,7 +25,7 @@ from typing import IO
 import pytest
 
 from helpers import PUBLISH_SECRET, SECRET, UNIT, Daemon
-from rpushd import __version__, tokens
+from rpushd import __version__, cli, tokens
 from rpushd.errors import InvalidToken
 from rpushd.frames import FrameDecoder
 
@@ -153,6 +154,27 @@ def test_secret_prints_a_long_url_safe_string() -> None:
     assert re.fullmatch(r"[A-Za-z0-9_-]{43,}\n", result.stdout), result.stdout
 
 
+def test_output_to_a_closed_pipe_ends_without_a_traceback() -> None:
+    # As for ``rpushd stats | head -1``, but certain: closed before writing.
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "rpushd", "secret"],
+            env=cli_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=10 * UNIT,
+        )
+    finally:
+        os.close(writer)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr == ""
+    assert result.returncode != 0
+
+
 def test_version_prints_the_package_version() -> None:
     result = run_cli("--version")
     assert (result.returncode, result.stdout.strip()) == (0, __version__)
@@ -222,6 +244,32 @@ def test_bad_arguments_fail_with_one_line_and_no_traceback(args: list[str]) -> N
     assert_one_line_failure(run_cli(*args), "rpushd")
 
 
+# Help.
+
+
+def test_every_option_and_argument_of_every_command_has_help() -> None:
+    parser = cli._parser()
+    commands = next(
+        action
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    for name, command in [("rpushd", parser), *commands.choices.items()]:
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, f"{name}: {action.option_strings or action.dest}"
+
+
+def test_stats_and_dev_help_describe_their_options() -> None:
+    stats = run_cli("stats", "--help")
+    assert stats.returncode == 0, stats.stderr
+    assert re.search(r"--json\s+print JSON", stats.stdout), stats.stdout
+    assert re.search(r"--xml\s+print XML", stats.stdout), stats.stdout
+    dev = run_cli("dev", "--help")
+    assert re.search(r"--listen IP:PORT\s+address to listen on", dev.stdout)
+
+
 # publish and stats.
 
 
@@ -241,6 +289,44 @@ def test_publish_of_invalid_json_fails_with_one_clear_line(message: str) -> None
     assert_one_line_failure(result, "not valid JSON")
 
 
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def test_publish_of_a_message_as_deep_as_the_daemon_takes_reaches_it(
+    daemon: Daemon,
+) -> None:
+    # The daemon accepts this over HTTP; the command line must send it too.
+    depth = 254
+    assert daemon.publish("deep", json.loads(nested(depth))).status == 204
+    stream = daemon.subscribe("deep")
+    result = run_cli("publish", "deep", nested(depth), env=daemon_env(daemon))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert stream.next_message() == json.loads(nested(depth))
+    stream.close()
+
+
+def test_publish_of_a_message_too_deep_to_encode_fails_with_one_line() -> None:
+    env = cli_env(
+        RPUSHD_LISTEN=f"127.0.0.1:{free_port()}",
+        RPUSHD_PUBLISH_SECRET=PUBLISH_SECRET,
+    )
+    result = run_cli("publish", "room", nested(255), env=env)
+    assert_one_line_failure(result, "nested too deeply")
+
+
+@pytest.mark.parametrize("args", [["publish", "room", "1"], ["stats"]])
+def test_publish_secret_with_a_line_break_fails_with_one_line_naming_it(
+    args: list[str],
+) -> None:
+    env = cli_env(
+        RPUSHD_LISTEN=f"127.0.0.1:{free_port()}",
+        RPUSHD_PUBLISH_SECRET="first\nsecond",
+    )
+    result = run_cli(*args, env=env)
+    assert_one_line_failure(result, "RPUSHD_PUBLISH_SECRET", "line break")
+
+
 def test_publish_with_a_wrong_secret_reports_the_refusal(daemon: Daemon) -> None:
     env = daemon_env(daemon, secret="not-the-secret")
     result = run_cli("publish", "room", "1", env=env)
@@ -250,6 +336,9 @@ def test_publish_with_a_wrong_secret_reports_the_refusal(daemon: Daemon) -> None
 def test_publish_without_the_publish_secret_fails_naming_it() -> None:
     result = run_cli("publish", "room", "1")
     assert_one_line_failure(result, "RPUSHD_PUBLISH_SECRET")
+    # A new secret would not be the daemon's: point at the daemon's own.
+    assert "the daemon's value" in result.stderr
+    assert "rpushd secret" not in result.stderr
 
 
 @pytest.mark.parametrize("args", [["publish", "room", "1"], ["stats"]])
@@ -368,6 +457,26 @@ def test_serve_with_a_bad_setting_stops_before_binding_with_one_line_naming_it(
     result = run_cli("serve", env=serve_env(**change))
     assert_one_line_failure(result, name)
     assert "listening" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["serve"], []], ids=["serve", "no command"])
+def test_serve_without_a_secret_says_how_to_make_one_or_try_dev(
+    command: list[str],
+) -> None:
+    result = run_cli(*command, env=serve_env(RPUSHD_SECRET=None))
+    assert_one_line_failure(
+        result, "RPUSHD_SECRET is required", "rpushd secret", "rpushd dev"
+    )
+
+
+def test_serve_with_an_env_file_not_in_utf8_fails_naming_file_and_line(
+    tmp_path: Path,
+) -> None:
+    env_file = tmp_path / "rpushd.env"
+    env_file.write_bytes(b"RPUSHD_LOG_LEVEL=info\nRPUSHD_SECRET=caf\xe9\n")
+    result = run_cli("serve", "--env-file", str(env_file), env=serve_env())
+    assert_one_line_failure(result, f"{env_file}:2: not valid UTF-8")
+    assert "codec" not in result.stderr
 
 
 def test_no_command_means_serve() -> None:

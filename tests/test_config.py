@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,148 @@ def test_env_file_values_load_like_the_environment(tmp_path: Path) -> None:
     assert settings.secret == b"padded"
     assert settings.publish_secret == b"pub"
     assert (settings.host, settings.port) == ("::1", 9000)
+
+
+def test_env_file_starting_with_a_byte_order_mark_reads_its_first_key(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "rpushd.env"
+    path.write_bytes(b"\xef\xbb\xbfRPUSHD_SECRET=s\nRPUSHD_LOG_LEVEL=debug\n")
+    assert config.read_env_file(path) == {
+        "RPUSHD_SECRET": "s",
+        "RPUSHD_LOG_LEVEL": "debug",
+    }
+
+
+def test_env_file_line_ending_in_a_backslash_goes_on_at_the_next(
+    tmp_path: Path,
+) -> None:
+    # As systemd joins them: the backslash and the line feed go, and the
+    # next line's leading spaces stay, inside the value.
+    text = "A=first\\\n  second\nB=\\\nalone\nC=x\\\ny\\\nz\nD=end\\"
+    assert config.read_env_file(write(tmp_path, text)) == {
+        "A": "first  second",
+        "B": "alone",
+        "C": "xyz",
+        "D": "end",
+    }
+
+
+def test_env_file_continued_line_may_hold_a_quoted_value(tmp_path: Path) -> None:
+    path = write(tmp_path, 'A="two \\\nwords"\n')
+    assert config.read_env_file(path) == {"A": "two words"}
+
+
+def test_env_file_even_backslashes_at_the_end_do_not_continue_the_line(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "A=x\\\\\nB=y\n")
+    assert config.read_env_file(path) == {"A": "x\\\\", "B": "y"}
+
+
+def test_env_file_comment_ending_in_a_backslash_ends_at_its_line(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "# a comment \\\nA=1\n")
+    assert config.read_env_file(path) == {"A": "1"}
+
+
+def test_env_file_error_in_a_continued_line_names_its_first_line(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "A=1\nnot \\\na setting\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}:2:")):
+        config.read_env_file(path)
+
+
+def test_env_file_that_is_not_utf8_is_an_error_naming_file_and_line(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "latin1.env"
+    path.write_bytes("A=1\n# caf\u00e9\nB=2\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as caught:
+        config.read_env_file(path)
+    assert str(caught.value).startswith(f"{path}:2: not valid UTF-8 (byte 0xe9)")
+    assert "codec" not in str(caught.value)
+
+
+# Unknown variables.
+
+
+class Recording(Mapping[str, str]):
+    """An environment that remembers every name looked up in it."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self._values = values
+        self.asked: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.asked.add(name)
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def test_the_listed_settings_are_exactly_the_variables_load_reads() -> None:
+    environ = Recording(REQUIRED)
+    config.load(environ)
+    assert environ.asked == set(config.SETTINGS)
+
+
+def test_unknown_rpushd_variables_are_warned_about_by_name() -> None:
+    settings = load(RPUSHD_TYPO="1", RPUSHD_HEARTBEAT_SEC="5")
+    assert settings.heartbeat_secs == 15
+    found = config.warnings(settings)
+    assert (
+        "RPUSHD_HEARTBEAT_SEC is not an rpushd setting and is ignored; "
+        "did you mean RPUSHD_HEARTBEAT_SECS?"
+    ) in found
+    assert (
+        "RPUSHD_TYPO is not an rpushd setting and is ignored; check its spelling"
+    ) in found
+
+
+def test_test_tooling_and_other_programs_variables_are_not_warned_about() -> None:
+    settings = load(
+        RPUSHD_TEST_STRICT="1",
+        RPUSHD_TEST_TIMEOUT_UNIT="2",
+        RPUSHD_FUZZ_PROFILE="long",
+        PATH="/usr/bin",
+        rpushd_secret="lowercase is another variable",
+    )
+    assert not any("not an rpushd setting" in w for w in config.warnings(settings))
+
+
+# What a special value means.
+
+
+@pytest.mark.parametrize("value", ["-1", "lots", "10000001"])
+def test_max_connections_error_says_what_zero_means(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(RPUSHD_MAX_CONNECTIONS=value)
+    message = str(caught.value)
+    assert message.startswith("RPUSHD_MAX_CONNECTIONS must be")
+    assert "(0: as many as the open-file limit allows, less 64)" in message
+
+
+def test_max_connections_of_zero_is_accepted_as_the_default() -> None:
+    assert load(RPUSHD_MAX_CONNECTIONS="0").max_connections == 0
+    assert config.load(REQUIRED).max_connections == 0
+
+
+@pytest.mark.parametrize("value", [None, "  "])
+def test_missing_secret_error_says_how_to_make_one(value: str | None) -> None:
+    environ = {**REQUIRED}
+    if value is None:
+        del environ["RPUSHD_SECRET"]
+    else:
+        environ["RPUSHD_SECRET"] = value
+    with pytest.raises(ConfigError) as caught:
+        config.load(environ)
+    assert str(caught.value).startswith("RPUSHD_SECRET ")
+    assert "generate one with: rpushd secret" in str(caught.value)
+    assert "rpushd dev" in str(caught.value)

@@ -33,6 +33,9 @@ logger = logging.getLogger("rpushd.cli")
 
 DEV_CHANNEL = "demo"
 DEV_TOKEN_TTL_SECS = 24 * 3600
+# A command that talks to a running daemon needs that daemon's secret, not
+# a new one.
+DAEMON_SECRET = "set it to the daemon's value, or pass --env-file with its file"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Whoever reads the output stopped (``rpushd stats | head``): not
+        # worth a message. Python would fail again flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,10 +80,16 @@ def _parser() -> argparse.ArgumentParser:
 
     command("serve", "run the daemon from the environment (the default)")
     dev = command("dev", "run a throwaway daemon with fresh secrets")
-    dev.add_argument("--listen", default=config.DEFAULT_LISTEN, metavar="IP:PORT")
+    dev.add_argument(
+        "--listen",
+        default=config.DEFAULT_LISTEN,
+        metavar="IP:PORT",
+        help=f"address to listen on; IPv6 as [::1]:PORT (default: "
+        f"{config.DEFAULT_LISTEN})",
+    )
 
     token = command("token", "print a subscribe token signed with RPUSHD_SECRET")
-    token.add_argument("channel")
+    token.add_argument("channel", help="the channel the token lets one follow")
     token.add_argument(
         "--ttl",
         type=int,
@@ -85,13 +99,19 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     publish = command("publish", "publish a JSON message to a channel")
-    publish.add_argument("channel")
-    publish.add_argument("message", metavar="JSON")
+    publish.add_argument("channel", help="the channel to publish to")
+    publish.add_argument("message", metavar="JSON", help="the message, as JSON")
 
     stats = command("stats", "print the daemon's statistics")
     mode = stats.add_mutually_exclusive_group()
-    mode.add_argument("--json", action="store_const", const="json", dest="mode")
-    mode.add_argument("--xml", action="store_const", const="xml", dest="mode")
+    for name in ("json", "xml"):
+        mode.add_argument(
+            f"--{name}",
+            action="store_const",
+            const=name,
+            dest="mode",
+            help=f"print {name.upper()} instead of text",
+        )
     stats.add_argument("--verbose", action="store_true", help="list channels")
 
     command("secret", "print a new random secret")
@@ -141,19 +161,14 @@ def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.ttl <= 0 or expires_at > tokens.U64_MAX:
         raise RpushdError("--ttl must be a positive number of seconds, below 2^64")
 
-    secret = config.secret_from(environ, "RPUSHD_SECRET")
+    secret = config.secret_from(environ, "RPUSHD_SECRET", DAEMON_SECRET)
     print(tokens.mint(args.channel, secret, expires_at))
     return 0
 
 
 def _publish(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     _require_channel(args.channel)
-    try:
-        message = orjson.loads(args.message)
-    except orjson.JSONDecodeError:
-        raise RpushdError("the message is not valid JSON") from None
-
-    body = orjson.dumps({"channel": args.channel, "message": message})
+    body = _publish_body(args.channel, args.message)
     reply = _privileged(environ, "POST", "/api/publish", body)
     if reply.status != 204:
         raise RpushdError(f"publish refused: {_describe(reply)}")
@@ -165,7 +180,9 @@ def _stats(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     reply = _privileged(environ, "GET", "/api/stats" + query, None)
     if reply.status != 200:
         raise RpushdError(f"stats refused: {_describe(reply)}")
-    sys.stdout.write(reply.body.decode("utf-8"))
+    # Whatever answers on that port, a figure we cannot decode is no reason
+    # for a traceback.
+    sys.stdout.write(reply.body.decode("utf-8", "replace"))
     if not reply.body.endswith(b"\n"):
         sys.stdout.write("\n")
     return 0
@@ -196,13 +213,38 @@ def _require_channel(name: str) -> None:
         )
 
 
+def _publish_body(channel: str, text: str) -> bytes:
+    """The request body that publishes the JSON ``text`` to ``channel``."""
+    try:
+        message = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise RpushdError("the message is not valid JSON") from None
+
+    # orjson writes a limited depth of nesting, the same limit the daemon
+    # meets when it re-encodes the message alone. Encoding the message
+    # inside the request object would spend one level of it on that
+    # object, so the message is encoded alone and set into the object.
+    try:
+        encoded = orjson.dumps(message)
+    except orjson.JSONEncodeError:
+        raise RpushdError("the message is nested too deeply to publish") from None
+    return b'{"channel":%s,"message":%s}' % (orjson.dumps(channel), encoded)
+
+
 def _privileged(
     environ: Mapping[str, str], method: str, path: str, body: bytes | None
 ) -> client.Reply:
     host, port = config.parse_listen(
         environ.get("RPUSHD_LISTEN", config.DEFAULT_LISTEN)
     )
-    secret = config.secret_from(environ, "RPUSHD_PUBLISH_SECRET")
+    name = "RPUSHD_PUBLISH_SECRET"
+    secret = config.secret_from(environ, name, DAEMON_SECRET)
+    # A header ends at a line break (RFC 9110, section 5.5), so no client
+    # can present such a secret; http.client would raise ValueError.
+    if any(byte in secret for byte in b"\r\n\0"):
+        raise RpushdError(
+            f"{name} holds a line break or NUL, which no HTTP header can carry"
+        )
     return client.request(host, port, method, path, secret=secret, body=body)
 
 

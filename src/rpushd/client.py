@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 from dataclasses import dataclass
 
+from rpushd.config import loopback_if_wildcard
 from rpushd.errors import RpushdError
 
 TIMEOUT_SECS = 10.0
@@ -39,7 +40,7 @@ def request(
         headers["Content-Type"] = "application/json"
 
     connection = http.client.HTTPConnection(
-        _connectable(host), port, timeout=TIMEOUT_SECS
+        loopback_if_wildcard(host), port, timeout=TIMEOUT_SECS
     )
     try:
         connection.request(method, path, body=body, headers=headers)
@@ -50,12 +51,3 @@ def request(
         raise Unreachable(f"cannot reach rpushd at {host}:{port}: {reason}") from None
     finally:
         connection.close()
-
-
-def _connectable(host: str) -> str:
-    # A daemon listening on every interface is reachable on loopback.
-    if host == "0.0.0.0":
-        return "127.0.0.1"
-    if host == "::":
-        return "::1"
-    return host

@@ -8,9 +8,10 @@ binds.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,45 @@ TRUTHY = ("1", "true", "yes", "on")
 FALSY = ("0", "false", "no", "off", "")
 # Secrets shorter than this are easy to guess offline from one token.
 MIN_SECRET_BYTES = 32
+
+# Every variable load() reads; any other RPUSHD_* variable is reported at
+# start as unknown, since it is most likely a misspelt setting. The command
+# line's own commands read only RPUSHD_LISTEN, RPUSHD_SECRET and
+# RPUSHD_PUBLISH_SECRET, which are settings too.
+SETTINGS = (
+    "RPUSHD_LISTEN",
+    "RPUSHD_SECRET",
+    "RPUSHD_PUBLISH_SECRET",
+    "RPUSHD_HEARTBEAT_SECS",
+    "RPUSHD_CHANNEL_IDLE_TTL_SECS",
+    "RPUSHD_MAX_PENDING_BYTES",
+    "RPUSHD_REQUEST_TIMEOUT_SECS",
+    "RPUSHD_KEEPALIVE_TIMEOUT_SECS",
+    "RPUSHD_SHUTDOWN_GRACE_SECS",
+    "RPUSHD_LOG_LEVEL",
+    "RPUSHD_HISTORY_SIZE",
+    "RPUSHD_HISTORY_TTL_SECS",
+    "RPUSHD_HISTORY_MAX_BYTES",
+    "RPUSHD_MAX_CHANNELS_PER_STREAM",
+    "RPUSHD_SECRET_PREVIOUS",
+    "RPUSHD_PUBLISH_SECRET_PREVIOUS",
+    "RPUSHD_DRAIN_SECS",
+    "RPUSHD_MAX_CONNECTIONS",
+    "RPUSHD_ENFORCE_TOKEN_EXPIRY",
+    "RPUSHD_LOG_FORMAT",
+)
+# The test suite and the fuzzers read RPUSHD_TEST_STRICT,
+# RPUSHD_TEST_TIMEOUT_UNIT and RPUSHD_FUZZ_PROFILE. They are set in CI and
+# in developers' shells, and every daemon the tests start inherits them, so
+# these prefixes are the project's own and never reported as unknown.
+TOOLING_PREFIXES = ("RPUSHD_TEST_", "RPUSHD_FUZZ_")
+
+# How to fix a missing or empty secret that a daemon about to start needs.
+# Commands that talk to a running daemon need its secret instead, and say so.
+MAKE_A_SECRET = (
+    "generate one with: rpushd secret (or run rpushd dev for a quickstart "
+    "that needs no configuration)"
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +90,9 @@ class Config:
     max_connections: int = 0
     enforce_token_expiry: bool = False
     log_format: str = "text"
+    # RPUSHD_* variables of the environment that name no setting, for
+    # warnings() to report.
+    unknown_variables: tuple[str, ...] = ()
 
     @property
     def subscribe_secrets(self) -> tuple[bytes, ...]:
@@ -104,9 +147,17 @@ def load(environ: Mapping[str, str]) -> Config:
             environ, "RPUSHD_PUBLISH_SECRET_PREVIOUS"
         ),
         drain_secs=_whole(environ, "RPUSHD_DRAIN_SECS", 3, 0, 3600),
-        max_connections=_whole(environ, "RPUSHD_MAX_CONNECTIONS", 0, 0, 10**7),
+        max_connections=_whole(
+            environ,
+            "RPUSHD_MAX_CONNECTIONS",
+            0,
+            0,
+            10**7,
+            zero_means="as many as the open-file limit allows, less 64",
+        ),
         enforce_token_expiry=_flag(environ, "RPUSHD_ENFORCE_TOKEN_EXPIRY"),
         log_format=_choice(environ, "RPUSHD_LOG_FORMAT", LOG_FORMATS),
+        unknown_variables=tuple(_unknown_variables(environ)),
     )
 
 
@@ -130,7 +181,28 @@ def warnings(config: Config) -> list[str]:
             "RPUSHD_SECRET and RPUSHD_PUBLISH_SECRET are equal: anyone who can "
             "subscribe could publish"
         )
+    for name in config.unknown_variables:
+        found.append(_unknown_warning(name))
     return found
+
+
+def _unknown_variables(environ: Mapping[str, str]) -> Iterator[str]:
+    for name in sorted(environ):
+        if not name.startswith("RPUSHD_") or name in SETTINGS:
+            continue
+        if not name.startswith(TOOLING_PREFIXES):
+            yield name
+
+
+def _unknown_warning(name: str) -> str:
+    warning = f"{name} is not an rpushd setting and is ignored"
+    # Compared without the prefix that every name shares, which would make
+    # any two names look alike.
+    words = {setting.removeprefix("RPUSHD_"): setting for setting in SETTINGS}
+    close = difflib.get_close_matches(name.removeprefix("RPUSHD_"), words, n=1)
+    if close:
+        return f"{warning}; did you mean {words[close[0]]}?"
+    return f"{warning}; check its spelling"
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -171,23 +243,31 @@ def format_address(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+def loopback_if_wildcard(host: str) -> str:
+    """Where to connect to reach a socket listening on ``host``.
+
+    A socket on every interface (``0.0.0.0`` or ``::``) is reachable on
+    loopback; any other address is reached at itself.
+    """
+    if host == "0.0.0.0":
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
 def read_env_file(path: str | Path) -> dict[str, str]:
     """Read ``KEY=VALUE`` lines the way systemd's ``EnvironmentFile=`` does.
 
-    Blank lines and lines starting with ``#`` or ``;`` are skipped, a value
-    may be wrapped in matching single or double quotes, and an optional
-    ``export`` prefix is tolerated so that shell-style files work too.
+    Blank lines and lines starting with ``#`` or ``;`` are skipped, a line
+    ending in a backslash goes on at the next one, a value may be wrapped in
+    matching single or double quotes, and an optional ``export`` prefix is
+    tolerated so that shell-style files work too. Unlike systemd, other
+    backslashes are kept as written and a quoted value cannot span lines.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read env file {path}: {exc}") from None
-
     values: dict[str, str] = {}
-    # Only line feeds end a line, as for systemd: str.splitlines() would
-    # also split at form feeds and Unicode separators inside a value.
-    for number, raw_line in enumerate(text.split("\n"), start=1):
-        line = raw_line.strip()
+    for number, line in _logical_lines(_read_text(path)):
+        line = line.strip()
         if not line or line[0] in "#;":
             continue
 
@@ -203,15 +283,66 @@ def read_env_file(path: str | Path) -> dict[str, str]:
     return values
 
 
-def secret_from(environ: Mapping[str, str], name: str) -> bytes:
-    """The trimmed, non-empty secret in variable ``name``."""
+def _read_text(path: str | Path) -> str:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read env file {path}: {exc}") from None
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); "
+            "save the file as UTF-8"
+        ) from None
+    # Editors on Windows start UTF-8 files with a byte order mark, which
+    # would otherwise become part of the first key.
+    return text.removeprefix("\ufeff")
+
+
+def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
+    """Lines with their continuations joined, each with its first number."""
+    joined: list[str] = []
+    first = 1
+    # Only line feeds end a line, as for systemd: str.splitlines() would
+    # also split at form feeds and Unicode separators inside a value.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not joined:
+            first = number
+            # Since systemd 254 a comment ends at its line, backslash or not.
+            if line.lstrip().startswith(("#", ";")):
+                yield number, line
+                continue
+
+        # An odd run of backslashes ends in one that escapes the line feed,
+        # which systemd drops along with that backslash; an even run is
+        # escaped backslashes only.
+        trailing = len(line) - len(line.rstrip("\\"))
+        if trailing % 2:
+            joined.append(line[:-1])
+            continue
+        yield first, "".join(joined) + line
+        joined = []
+    if joined:
+        yield first, "".join(joined)
+
+
+def secret_from(
+    environ: Mapping[str, str], name: str, hint: str = MAKE_A_SECRET
+) -> bytes:
+    """The trimmed, non-empty secret in variable ``name``.
+
+    ``hint`` ends the error for a missing or empty secret: what to do.
+    """
     value = environ.get(name)
     if value is None:
-        raise ConfigError(f"{name} is required")
+        raise ConfigError(f"{name} is required; {hint}")
 
     value = value.strip()
     if not value:
-        raise ConfigError(f"{name} must not be empty")
+        raise ConfigError(f"{name} must not be empty; {hint}")
     # os.environ carries bytes that are not UTF-8 as lone surrogates. A
     # secret has to be typed into the application's configuration too, so
     # refuse it here rather than guess at its bytes.
@@ -222,21 +353,33 @@ def secret_from(environ: Mapping[str, str], name: str) -> bytes:
 
 
 def _whole(
-    environ: Mapping[str, str], name: str, default: int, low: int, high: int
+    environ: Mapping[str, str],
+    name: str,
+    default: int,
+    low: int,
+    high: int,
+    *,
+    zero_means: str = "",
 ) -> int:
+    """The whole number in ``name``; ``zero_means`` explains a special 0."""
     value = environ.get(name)
     if value is None:
         return default
 
     text = value.strip()
+    # An error should say what 0 means where it is allowed and special,
+    # since an operator looking for "no limit" would not guess it.
+    note = f" (0: {zero_means})" if zero_means else ""
     # Bounded length first: int() refuses strings of thousands of digits
     # with ValueError, and no setting needs more than a dozen.
     if not text.isascii() or not text.isdigit() or len(text) > 15:
-        raise ConfigError(f"{name} must be a whole number, got {value[:40]!r}")
+        raise ConfigError(f"{name} must be a whole number{note}, got {value[:40]!r}")
 
     number = int(text)
     if not low <= number <= high:
-        raise ConfigError(f"{name} must be between {low} and {high}, got {number}")
+        raise ConfigError(
+            f"{name} must be between {low} and {high}{note}, got {number}"
+        )
     return number
 
 
