@@ -183,12 +183,34 @@ def test_drain_ends_streams_over_the_drain_period_each_told_why() -> None:
         envelope = open_envelope(daemon, "d")
         assert daemon.process is not None
         daemon.process.send_signal(signal.SIGTERM)
-        daemon.wait_for_log("ending 21 streams over 1 s")
+        daemon.wait_for_log("ending 21 streams over 0.6 s, 3 every 0.1 s")
 
         endings = end_times(plain)
         assert max(endings) - min(endings) >= 0.5
         assert b'{"type":"close","reason":"shutdown"}' in envelope.read_to_end()
         assert daemon.stop() == 0
+
+
+def test_drain_of_a_few_streams_says_it_ends_them_sooner_than_the_period() -> None:
+    with Daemon(drain_secs="3") as daemon:
+        streams = [daemon.subscribe("few") for _ in range(5)]
+        assert daemon.process is not None
+        daemon.process.send_signal(signal.SIGTERM)
+        line = daemon.wait_for_log("ending 5 streams")
+        assert "over 0.4 s, 1 every 0.1 s" in line
+        assert "RPUSHD_DRAIN_SECS=3 is the most a drain takes" in line
+
+        endings = end_times(streams)
+        assert max(endings) - min(endings) < 2 * UNIT
+        assert daemon.stop() == 0
+
+
+def test_drain_with_no_period_ends_every_stream_at_once() -> None:
+    with Daemon(drain_secs="0") as daemon:
+        streams = [daemon.subscribe("now") for _ in range(3)]
+        assert daemon.stop() == 0
+        daemon.wait_for_log("ending 3 streams at once")
+        end_times(streams)
 
 
 # Reload.
@@ -256,6 +278,79 @@ def test_sighup_can_change_the_heartbeat_interval(tmp_path: Path) -> None:
         assert stream.next_frame(timeout=3 * UNIT) == b""
 
 
+def start_from_env_file(env_file: Path, **settings: str) -> Daemon:
+    """A daemon whose settings, secrets included, come from ``env_file``."""
+    write_env(env_file, secret=SECRET, publish_secret=PUBLISH_SECRET, **settings)
+    daemon = Daemon({"RPUSHD_SECRET": "", "RPUSHD_PUBLISH_SECRET": ""})
+    return daemon.start("--env-file", str(env_file))
+
+
+def reload_with(daemon: Daemon, env_file: Path, **settings: str) -> None:
+    """Rewrite ``env_file`` with ``settings`` and wait for the reload."""
+    write_env(env_file, secret=SECRET, publish_secret=PUBLISH_SECRET, **settings)
+    reloads = daemon.log_text().count("configuration reloaded")
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: daemon.log_text().count("configuration reloaded") > reloads,
+        what="configuration reloaded",
+    )
+
+
+def test_sighup_keeps_the_log_format_and_says_it_needs_a_restart(
+    tmp_path: Path,
+) -> None:
+    env_file = tmp_path / "rpushd.env"
+    with start_from_env_file(env_file) as daemon:
+        for _ in range(2):
+            reload_with(daemon, env_file, log_format="json")
+        warnings = [
+            line
+            for line in daemon.lines
+            if "RPUSHD_LOG_FORMAT changes only with a restart; kept text" in line
+        ]
+        # Every reload says so again: the running format is still text.
+        assert len(warnings) == 2, daemon.log_text()
+        assert all(not line.startswith("{") for line in daemon.lines)
+
+
+def test_sighup_with_max_connections_0_goes_back_to_the_default_limit(
+    tmp_path: Path,
+) -> None:
+    env_file = tmp_path / "rpushd.env"
+    with start_from_env_file(env_file, max_connections="1") as daemon:
+        held = daemon.subscribe("limit")
+        reload_with(daemon, env_file, max_connections="0")
+        # Refused with 503 if the limit of 1 were kept.
+        second = daemon.subscribe("limit")
+        for stream in (held, second):
+            stream.close()
+
+
+def test_sighup_with_a_shorter_idle_ttl_sweeps_on_the_new_ttl(
+    tmp_path: Path,
+) -> None:
+    # Started with an hour, the sweep runs every 300 s; after the reload
+    # it must run as often as the new TTL needs.
+    env_file = tmp_path / "rpushd.env"
+    with start_from_env_file(env_file, channel_idle_ttl_secs="3600") as daemon:
+        assert daemon.publish("idle", 1).status == 204
+        reload_with(daemon, env_file, channel_idle_ttl_secs="1")
+        wait_until(lambda: daemon.stats()["retained_channels"] == 0, 5 * UNIT)
+        daemon.wait_for_log("dropped 1 idle channels")
+
+
+def test_sighup_that_turns_expiry_on_says_which_streams_it_applies_to(
+    tmp_path: Path,
+) -> None:
+    env_file = tmp_path / "rpushd.env"
+    with start_from_env_file(env_file) as daemon:
+        reload_with(daemon, env_file, enforce_token_expiry="1")
+        daemon.wait_for_log(
+            "RPUSHD_ENFORCE_TOKEN_EXPIRY applies to streams opened from now on"
+        )
+
+
 # Rotation.
 
 
@@ -283,6 +378,32 @@ def test_short_or_equal_secrets_are_warned_about_at_start() -> None:
     with Daemon(env) as daemon:
         daemon.wait_for_log("RPUSHD_SECRET is shorter than 32 bytes")
         daemon.wait_for_log("are equal")
+
+
+def test_unknown_rpushd_variables_are_warned_about_at_start() -> None:
+    env = {
+        "RPUSHD_HEARTBEAT_SEC": "1",
+        "RPUSHD_TYPO": "1",
+        "RPUSHD_TEST_TIMEOUT_UNIT": "1",
+        "RPUSHD_FUZZ_PROFILE": "ci",
+    }
+    with Daemon(env) as daemon:
+        line = daemon.wait_for_log("RPUSHD_HEARTBEAT_SEC is not an rpushd setting")
+        assert "WARNING" in line
+        assert "did you mean RPUSHD_HEARTBEAT_SECS?" in line
+        daemon.wait_for_log("RPUSHD_TYPO is not an rpushd setting")
+        # Start-up warnings come before the listening line, so all are in.
+        assert "RPUSHD_TEST_" not in daemon.log_text()
+        assert "RPUSHD_FUZZ_" not in daemon.log_text()
+
+
+def test_unknown_variables_in_the_env_file_are_warned_about_on_reload(
+    tmp_path: Path,
+) -> None:
+    env_file = tmp_path / "rpushd.env"
+    with start_from_env_file(env_file) as daemon:
+        reload_with(daemon, env_file, history_sise="10")
+        daemon.wait_for_log("RPUSHD_HISTORY_SISE is not an rpushd setting")
 
 
 # Token expiry.

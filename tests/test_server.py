@@ -18,6 +18,7 @@ from helpers import (
     Daemon,
     Stream,
     connect,
+    free_port,
     make_token,
     wait_until,
 )
@@ -217,6 +218,23 @@ def test_invalid_configuration_stops_before_binding_with_one_line(
     assert len(lines) == 1, result.stderr
     assert named in lines[0]
     assert "Traceback" not in result.stderr
+
+
+SHARED = "another process already listens on"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_second_daemon_on_the_same_address_warns_that_the_kernel_shares_it(
+    host: str,
+) -> None:
+    # SO_REUSEPORT lets both bind (PROTOCOL.md); only the log can tell.
+    with Daemon(listen=f"{host}:{free_port()}") as first:
+        with Daemon(listen=f"{host}:{first.port}") as second:
+            line = second.wait_for_log(SHARED)
+            assert "WARNING" in line
+            assert f"{host}:{first.port}" in line
+            assert "zero-downtime restart" in line
+        assert SHARED not in first.log_text()
 
 
 def test_secrets_are_trimmed() -> None:

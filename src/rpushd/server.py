@@ -3,13 +3,15 @@
 Shutdown goes in stages (on SIGTERM or SIGINT): tell systemd, stop
 accepting, close idle keep-alive connections, give requests already being
 received a bounded grace period (a publish in flight still reaches its
-subscribers), then end the streams. Streams are ended over
-``RPUSHD_DRAIN_SECS`` rather than all at once, each told in its own terms
-to reconnect, so that thousands of clients do not come back in one burst.
+subscribers), then end the streams. Streams are ended in batches over at
+most ``RPUSHD_DRAIN_SECS`` rather than all at once, each told in its own
+terms to reconnect, so that thousands of clients do not come back in one
+burst.
 
 SIGHUP re-reads the ``--env-file`` and applies new secrets and tunables
 without dropping a stream; a file that does not load is refused with a log
-line and the running configuration kept.
+line and the running configuration kept. The listen address and the log
+format stay as they were until a restart, and the log says so.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from rpushd import config as configuration
-from rpushd.config import Config, format_address
+from rpushd.config import Config, format_address, loopback_if_wildcard
 from rpushd.connection import HttpConnection
 from rpushd.endpoints import Endpoints
 from rpushd.errors import ConfigError
@@ -45,6 +48,9 @@ DEADLINE_CHECK_SECS = 0.2
 # File descriptors kept back from RPUSHD_MAX_CONNECTIONS's default, for the
 # listening socket, logs and the odd file.
 SPARE_FILES = 64
+# A process listening on this host answers a connect at once; waiting
+# longer only delays the start behind a firewall that drops.
+LISTEN_PROBE_SECS = 0.5
 
 
 class Server:
@@ -71,6 +77,10 @@ class Server:
 
     async def start(self) -> None:
         """Bind and start serving; raises OSError if the address is taken."""
+        # Asked before binding: once bound, the probe would reach ourselves.
+        shared = self.config.port != 0 and await _accepts_connections(
+            loopback_if_wildcard(self.config.host), self.config.port
+        )
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         self._server = await self._loop.create_server(
             lambda: HttpConnection(self.hub, self._endpoints),
@@ -84,6 +94,16 @@ class Server:
         host, port = self._server.sockets[0].getsockname()[:2]
         self.address = format_address(host, port)
         logger.info("listening on %s", self.address)
+        if shared:
+            # SO_REUSEPORT is part of the contract (PROTOCOL.md), so the
+            # bind succeeds however the other process came to be there.
+            logger.warning(
+                "another process already listens on %s, and the kernel will "
+                "share new connections between it and this daemon: right for "
+                "a zero-downtime restart, otherwise stop one of them, or "
+                "clients will reach either at random",
+                self.address,
+            )
 
         self._every("heartbeat", 1 / TICKS_PER_SECOND, self.hub.heartbeat_tick)
         self._every(
@@ -91,10 +111,7 @@ class Server:
             DEADLINE_CHECK_SECS,
             lambda: self.hub.check_deadlines(self._loop.time()),
         )
-        sweep_every = min(
-            MAX_SWEEP_INTERVAL_SECS, max(1, self.config.channel_idle_ttl_secs)
-        )
-        self._every("sweep", sweep_every, self.hub.sweep)
+        self._every("sweep", self._sweep_interval(), self.hub.sweep)
 
         notifier = self._notifier
         notifier.notify("READY=1", f"STATUS=listening on {self.address}")
@@ -111,16 +128,48 @@ class Server:
             logger.error("reload refused, configuration kept: %s", exc)
             return False
 
-        if (new.host, new.port) != (self.config.host, self.config.port):
+        for warning in configuration.warnings(new):
+            logger.warning("%s", warning)
+        new = self._kept_until_restart(new)
+        # 0 means the default limit, as at start, not "keep the last one".
+        limit = new.max_connections or _connection_limit()
+        if new.enforce_token_expiry and not self.config.enforce_token_expiry:
+            logger.info(
+                "RPUSHD_ENFORCE_TOKEN_EXPIRY applies to streams opened from now on"
+            )
+
+        sweep_interval = self._sweep_interval()
+        self.hub.apply(replace(new, max_connections=limit))
+        logging.getLogger().setLevel(configuration.logging_level(new))
+        if self._sweep_interval() != sweep_interval and self._serving():
+            self._timers["sweep"].cancel()
+            self._every("sweep", self._sweep_interval(), self.hub.sweep)
+        logger.info("configuration reloaded")
+        return True
+
+    def _kept_until_restart(self, new: Config) -> Config:
+        """``new``, but with what only a restart can change kept, and logged."""
+        old = self.config
+        if (new.host, new.port) != (old.host, old.port):
             logger.warning(
                 "RPUSHD_LISTEN changes only with a restart; kept %s", self.address
             )
-        for warning in configuration.warnings(new):
-            logger.warning("%s", warning)
-        self.hub.apply(self.hub.effective(new))
-        logging.getLogger().setLevel(configuration.logging_level(new))
-        logger.info("configuration reloaded")
-        return True
+        # The log handler is installed once, before the first line is logged.
+        if new.log_format != old.log_format:
+            logger.warning(
+                "RPUSHD_LOG_FORMAT changes only with a restart; kept %s",
+                old.log_format,
+            )
+        return replace(self.hub.effective(new), log_format=old.log_format)
+
+    def _sweep_interval(self) -> int:
+        # Often enough that a channel goes about when its TTL says, and at
+        # least every few minutes whatever the TTL.
+        ttl = self.config.channel_idle_ttl_secs
+        return min(MAX_SWEEP_INTERVAL_SECS, max(1, ttl))
+
+    def _serving(self) -> bool:
+        return self._server is not None and self._server.is_serving()
 
     async def stop(self) -> None:
         """Stop in stages; returns once every connection is closed."""
@@ -151,13 +200,26 @@ class Server:
         logger.info("stopped")
 
     async def _drain_streams(self) -> None:
-        """End the streams in even batches over RPUSHD_DRAIN_SECS."""
+        """End the streams in even batches over at most RPUSHD_DRAIN_SECS.
+
+        A batch goes every tenth of a second, so a few streams end sooner
+        than that: they need fewer batches than there are tenths.
+        """
         streams = list(self.hub.streams)
         steps = max(1, self.config.drain_secs * DRAIN_STEPS_PER_SECOND)
         batch = max(1, math.ceil(len(streams) / steps))
-        if streams:
+        batches = math.ceil(len(streams) / batch)
+        if batches == 1:
+            logger.info("ending %d streams at once", len(streams))
+        elif batches > 1:
             logger.info(
-                "ending %d streams over %d s", len(streams), self.config.drain_secs
+                "ending %d streams over %.1f s, %d every %.1f s "
+                "(RPUSHD_DRAIN_SECS=%d is the most a drain takes)",
+                len(streams),
+                (batches - 1) / DRAIN_STEPS_PER_SECOND,
+                batch,
+                1 / DRAIN_STEPS_PER_SECOND,
+                self.config.drain_secs,
             )
 
         for start in range(0, len(streams), batch):
@@ -202,6 +264,18 @@ def raise_file_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
+
+
+async def _accepts_connections(host: str, port: int) -> bool:
+    """Whether something accepts a TCP connection on ``host:port`` now."""
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port), LISTEN_PROBE_SECS
+        )
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
 
 
 def _connection_limit() -> int:
