@@ -28,6 +28,7 @@ from helpers import (
     wait_until,
 )
 from rpushd import tokens
+from subscribers import open_envelopes
 
 OTHER_SECRET = "another-subscribe-secret-0123456789abcdef"
 OTHER_PUBLISH_SECRET = "another-publish-secret-0123456789abcdef"
@@ -468,3 +469,27 @@ def test_default_connection_limit_follows_the_open_file_limit() -> None:
         soft, hard = line.split()[3:5]
         assert soft == hard
         assert os.getpid() != daemon.process.pid
+
+
+def test_sighup_with_a_smaller_history_applies_to_existing_channels(
+    tmp_path: Path,
+) -> None:
+    env_file = tmp_path / "rpushd.env"
+    with start_from_env_file(env_file) as daemon:
+        assert daemon.publish("held", 0).status == 204
+        reload_with(daemon, env_file, history_size="2")
+
+        body = {"channel": "held", "message": 1, "return_id": True}
+        ids = [
+            daemon.request("POST", "/api/publish", body, auth=True).json()["id"]
+            for _ in range(6)
+        ]
+        stream = open_envelopes(daemon.port, "held", last_id=ids[0])
+        hello = stream.next_envelope()
+        assert hello["replay"] == 3
+        assert stream.next_envelope() == {
+            "type": "gap",
+            "channel": "held",
+            "reason": "too_old",
+        }
+        assert [stream.next_envelope()["id"] for _ in range(2)] == ids[-2:]
