@@ -35,10 +35,37 @@ const DEFAULTS = {
  * Subscribe to one or more channels; returns a Subscription.
  *
  * Throws a TypeError at once for options that can never work (no channel,
- * an invalid channel name, an unknown transport, no token function).
+ * an invalid channel name, an unknown transport, no token function, a
+ * callback that is no function, a delay that is no positive number).
  */
 export function subscribe(options) {
   return new Subscription(options);
+}
+
+// Each timing option and the least it may be: a zero or negative delay
+// would reconnect in a tight loop against a daemon that refuses.
+const TIMINGS = { initialDelay: 1, maxDelay: 1, healthyAfter: 0, connectTimeout: 1 };
+const CALLBACKS = ["onMessage", "onGap", "onStatus"];
+
+function checkTimings(options) {
+  for (const [name, least] of Object.entries(TIMINGS)) {
+    const value = options[name];
+    if (typeof value !== "number" || !Number.isFinite(value) || value < least) {
+      throw new TypeError(`rpushd: ${name} must be a number of ms, at least ${least}`);
+    }
+  }
+  if (options.maxDelay < options.initialDelay) {
+    throw new TypeError("rpushd: maxDelay must not be below initialDelay");
+  }
+}
+
+function checkCallbacks(options) {
+  for (const name of CALLBACKS) {
+    const callback = options[name];
+    if (callback !== undefined && callback !== null && typeof callback !== "function") {
+      throw new TypeError(`rpushd: ${name} must be a function`);
+    }
+  }
 }
 
 /** A message id split into its epoch and sequence number, or null. */
@@ -195,6 +222,8 @@ export class Subscription {
     if (!TRANSPORTS.has(transport)) {
       throw new TypeError(`rpushd: unknown transport ${JSON.stringify(transport)}`);
     }
+    checkTimings(this.#options);
+    checkCallbacks(this.#options);
     this.#channels = [...new Set(channels)];
     if (lastId !== null && lastId !== undefined) {
       this.#lastId = String(lastId);
@@ -476,6 +505,17 @@ export class Subscription {
 // end({ retry, error }) once, with retry "backoff", "now" or "never".
 // Each returns { close() }, after which it reports nothing more.
 
+// The daemon explains a refusal in {"error": "..."}; a proxy's error page
+// (HTML, often kilobytes of it) says nothing the status does not.
+function refusalReason(body) {
+  try {
+    const error = JSON.parse(body)?.error;
+    return typeof error === "string" ? error.slice(0, 200) : "";
+  } catch {
+    return "";
+  }
+}
+
 function endpoint(baseUrl, path, query, websocket = false) {
   const base = baseUrl === undefined ? "" : String(baseUrl).replace(/\/+$/, "");
   const url = new URL(base + path, globalThis.location?.href);
@@ -508,9 +548,9 @@ function openStream(baseUrl, subscriptions, lastId, events) {
       signal: controller.signal,
     });
     if (!response.ok) {
-      const detail = await response.text().catch(() => "");
+      const detail = refusalReason(await response.text().catch(() => ""));
       const error = new RpushdError(
-        `stream refused: HTTP ${response.status} ${detail.slice(0, 200)}`.trim(),
+        `stream refused: HTTP ${response.status} ${detail}`.trim(),
         { status: response.status },
       );
       const retry = FATAL_STATUSES.has(response.status) ? "never" : "backoff";

@@ -313,6 +313,22 @@ describe("Subscription over a WebSocket", () => {
       TypeError,
     );
   });
+
+  test("delays and callbacks that can never work throw at once", () => {
+    const token = async () => "t";
+    const options = (extra) => () => subscribe({ channels: ["a"], token, ...extra });
+    for (const initialDelay of [0, -1, "x", Number.NaN, Infinity]) {
+      assert.throws(options({ initialDelay }), TypeError, String(initialDelay));
+    }
+    assert.throws(options({ maxDelay: 0 }), TypeError);
+    assert.throws(options({ initialDelay: 1000, maxDelay: 10 }), TypeError);
+    assert.throws(options({ connectTimeout: 0 }), TypeError);
+    assert.throws(options({ healthyAfter: -1 }), TypeError);
+    for (const name of ["onMessage", "onGap", "onStatus"]) {
+      assert.throws(options({ [name]: 5 }), TypeError, name);
+    }
+    options({ onMessage: null, healthyAfter: 0 })().close();
+  });
 });
 
 describe("Subscription over the length-prefixed stream", () => {
@@ -323,6 +339,9 @@ describe("Subscription over the length-prefixed stream", () => {
       const answer = answers.shift();
       if (typeof answer === "number") {
         return new Response('{"error":"nope"}', { status: answer });
+      }
+      if (typeof answer === "string") {
+        return new Response(answer, { status: 502 });
       }
       const body = new ReadableStream({
         start(controller) {
@@ -404,6 +423,21 @@ describe("Subscription over the length-prefixed stream", () => {
     await until(() => seen.statuses.includes("failed"), "failure");
     assert.equal(requests.length, 2);
     assert.deepEqual(seen.statuses, ["connecting", "waiting", "connecting", "failed"]);
+  });
+
+  test("a refusal says the daemon's reason, not a proxy's error page", async () => {
+    fakeFetch([401, "<html><body><h1>502 Bad Gateway</h1></body></html>", 400]);
+    const errors = [];
+    record({ transport: "stream", onStatus: (status, { error }) => errors.push(error) });
+    await until(() => errors.filter(Boolean).length === 3, "three refusals");
+    assert.deepEqual(
+      errors.filter(Boolean).map((error) => error.message),
+      [
+        "stream refused: HTTP 401 nope",
+        "stream refused: HTTP 502",
+        "stream refused: HTTP 400 nope",
+      ],
+    );
   });
 
   test("a stream silent for 2.5 heartbeats is dropped and replaced", async () => {
