@@ -552,6 +552,10 @@ def test_dev_prints_curl_commands_that_work_as_printed(spawn: Spawn) -> None:
     module_url = f"http://127.0.0.1:{port}/demo/rpushd.js"
     with urllib.request.urlopen(module_url, timeout=5 * UNIT) as module:
         assert module.headers["Content-Type"].startswith("text/javascript")
+    # Typed without its slash, the address leads to the page all the same.
+    folder = f"http://127.0.0.1:{port}/demo"
+    with urllib.request.urlopen(folder, timeout=5 * UNIT) as page:
+        assert page.url == folder + "/"
 
     # SIGTERM ends dev cleanly, and ends the open stream properly too.
     dev.process.send_signal(signal.SIGTERM)

@@ -30,4 +30,8 @@ def pages(client_dir: Path = _CLIENT_DIR) -> dict[str, Response]:
         except OSError:
             return {}
         found[PREFIX + name] = Response(200, body, content_type, list(NO_CACHE_HEADERS))
+
+    # The page loads its module by a relative URL, which only resolves
+    # from the folder: send a typed "/demo" there.
+    found[PREFIX.rstrip("/")] = Response(301, headers=[("Location", PREFIX)])
     return found
