@@ -428,7 +428,8 @@ describe("Subscription over the length-prefixed stream", () => {
   test("a refusal says the daemon's reason, not a proxy's error page", async () => {
     fakeFetch([401, "<html><body><h1>502 Bad Gateway</h1></body></html>", 400]);
     const errors = [];
-    record({ transport: "stream", onStatus: (status, { error }) => errors.push(error) });
+    const onStatus = (status, { error }) => errors.push(error);
+    record({ transport: "stream", onStatus });
     await until(() => errors.filter(Boolean).length === 3, "three refusals");
     assert.deepEqual(
       errors.filter(Boolean).map((error) => error.message),
