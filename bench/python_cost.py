@@ -2,7 +2,7 @@
 
 bench/syscall_floor.py measures what a write costs the kernel; this script
 measures the other side: the work of our own Python code, with
-transports that accept bytes and do nothing. Three figures:
+transports that accept bytes and do nothing. Four figures:
 
 - per stream in a fan-out pass: one message handed to N subscribers of a
   channel and every subscriber's queue flushed, divided by N;
@@ -10,7 +10,10 @@ transports that accept bytes and do nothing. Three figures:
   connection (httptools parsing, routing, the bearer check, JSON, history,
   metrics, the answer) plus the fan-out to ``--subscribers`` streams;
 - the least any Python server can spend on that request: httptools calling
-  back for each part, orjson reading the body, a fixed answer written.
+  back for each part, orjson reading the body, a fixed answer written;
+- the pause of a full garbage collection with ``--streams`` connections
+  holding a stream each (their transports excepted), which every such
+  collection adds to the latency of whatever is in flight.
 
 Together with the kernel floor they bound what any change to our code can
 win: a delivery can get no cheaper than the floor plus the first figure.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import time
 from collections.abc import Callable
 
@@ -102,10 +106,7 @@ def fanout_cost(streams: int) -> float:
 
 def publish_cost(subscribers: int, count: int) -> float:
     """Microseconds per publish request answered and fanned out."""
-    settings = config.load(
-        {"RPUSHD_SECRET": "s" * 32, "RPUSHD_PUBLISH_SECRET": PUBLISH_SECRET}
-    )
-    hub = Hub(settings, asyncio.get_running_loop())
+    hub = Hub(test_settings(), asyncio.get_running_loop())
     hub.max_connections = 1 << 20
     channel = hub.channels.get("ingest")
     for _ in range(subscribers):
@@ -169,7 +170,44 @@ def publish_request() -> bytes:
     ) % (PUBLISH_SECRET.encode(), len(body), body)
 
 
+def collection_pause(streams: int) -> float:
+    """Milliseconds of one full collection with ``streams`` open streams."""
+    # What the other measurements left behind is collected first, so that
+    # the pause timed is that of scanning live objects, as in a daemon.
+    gc.collect()
+    hub = Hub(test_settings(), asyncio.get_running_loop())
+    hub.max_connections = 1 << 20
+    endpoints = Endpoints(hub)
+    held = []
+    for number in range(streams):
+        connection = HttpConnection(hub, endpoints)
+        connection.connection_made(NullTransport())  # type: ignore[arg-type]
+        stream = new_stream(hub.outbox)
+        stream.channels = [hub.channels.get(f"c{number // 10}")]
+        hub.channels.subscribe(stream.channels[0], stream)
+        hub.streams.add(stream)
+        hub.heartbeats.add(stream)
+        held.append(connection)
+
+    started = time.perf_counter()
+    gc.collect()
+    return (time.perf_counter() - started) * 1000
+
+
+def test_settings() -> config.Config:
+    return config.load(
+        {"RPUSHD_SECRET": "s" * 32, "RPUSHD_PUBLISH_SECRET": PUBLISH_SECRET}
+    )
+
+
 async def measure(args: argparse.Namespace) -> None:
+    # First: the publish measurement leaves the loop a callback per publish
+    # that it never runs, which a collection would then have to scan.
+    pause = collection_pause(args.streams)
+    print(
+        f"full garbage collection: {pause:.0f} ms with {args.streams} "
+        f"streams open ({len(gc.get_objects()):,} objects tracked)"
+    )
     per_stream = fanout_cost(args.streams)
     print(
         f"fan-out: {per_stream:.2f} us of our CPU per subscriber "
