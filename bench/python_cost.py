@@ -106,7 +106,7 @@ def fanout_cost(streams: int) -> float:
 
 def publish_cost(subscribers: int, count: int) -> float:
     """Microseconds per publish request answered and fanned out."""
-    hub = Hub(test_settings(), asyncio.get_running_loop())
+    hub = Hub(daemon_settings(), asyncio.get_running_loop())
     hub.max_connections = 1 << 20
     channel = hub.channels.get("ingest")
     for _ in range(subscribers):
@@ -175,7 +175,7 @@ def collection_pause(streams: int) -> float:
     # What the other measurements left behind is collected first, so that
     # the pause timed is that of scanning live objects, as in a daemon.
     gc.collect()
-    hub = Hub(test_settings(), asyncio.get_running_loop())
+    hub = Hub(daemon_settings(), asyncio.get_running_loop())
     hub.max_connections = 1 << 20
     endpoints = Endpoints(hub)
     held = []
@@ -194,7 +194,7 @@ def collection_pause(streams: int) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def test_settings() -> config.Config:
+def daemon_settings() -> config.Config:
     return config.load(
         {"RPUSHD_SECRET": "s" * 32, "RPUSHD_PUBLISH_SECRET": PUBLISH_SECRET}
     )

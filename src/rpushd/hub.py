@@ -249,7 +249,13 @@ class Hub:
 
     def effective(self, config: Config) -> Config:
         """``config`` with the settings that only a restart can change kept."""
-        return replace(config, host=self.config.host, port=self.config.port)
+        # The log handler is installed once, before the first line is logged.
+        return replace(
+            config,
+            host=self.config.host,
+            port=self.config.port,
+            log_format=self.config.log_format,
+        )
 
     # Statistics.
 

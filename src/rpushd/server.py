@@ -154,13 +154,12 @@ class Server:
             logger.warning(
                 "RPUSHD_LISTEN changes only with a restart; kept %s", self.address
             )
-        # The log handler is installed once, before the first line is logged.
         if new.log_format != old.log_format:
             logger.warning(
                 "RPUSHD_LOG_FORMAT changes only with a restart; kept %s",
                 old.log_format,
             )
-        return replace(self.hub.effective(new), log_format=old.log_format)
+        return self.hub.effective(new)
 
     def _sweep_interval(self) -> int:
         # Often enough that a channel goes about when its TTL says, and at
